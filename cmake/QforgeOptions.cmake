@@ -1,0 +1,26 @@
+# User-facing build options. Every option is prefixed QFORGE_ and documented in docs/building.md.
+option(QFORGE_BUILD_TESTS    "Build the test suite"                       ${QFORGE_MASTER_PROJECT})
+option(QFORGE_BUILD_BENCH    "Build the Google Benchmark programs"        ${QFORGE_MASTER_PROJECT})
+option(QFORGE_BUILD_EXAMPLES "Build the examples"                         ${QFORGE_MASTER_PROJECT})
+option(QFORGE_BUILD_CLI      "Build the qforge command-line tool"         ON)
+option(QFORGE_CPU_BACKEND    "Build the compiled CPU backend (qforge::cpu)" ON)
+option(QFORGE_USE_ONEDNN     "Use oneDNN inside the CPU backend"          ON)
+option(QFORGE_CUDA           "Build the CUDA backend (qforge::cuda)"      OFF)
+# -Werror is off by default so a newer compiler's new warning never breaks a user's build;
+# scripts/test.sh turns it on under CI so that warnings cannot accumulate.
+option(QFORGE_WERROR         "Treat warnings as errors"                   OFF)
+option(QFORGE_SANITIZE       "Build with AddressSanitizer + UndefinedBehaviorSanitizer" OFF)
+option(QFORGE_FUZZ           "Build libFuzzer targets (needs clang)"      OFF)
+
+if(NOT CMAKE_BUILD_TYPE AND NOT CMAKE_CONFIGURATION_TYPES)
+  set(CMAKE_BUILD_TYPE Release CACHE STRING "Build type" FORCE)
+endif()
+set(CMAKE_CXX_STANDARD 20)
+set(CMAKE_CXX_STANDARD_REQUIRED ON)
+set(CMAKE_CXX_EXTENSIONS OFF)
+set(CMAKE_EXPORT_COMPILE_COMMANDS ON)
+set(CMAKE_POSITION_INDEPENDENT_CODE ON)
+find_program(QFORGE_CCACHE ccache)
+if(QFORGE_CCACHE)
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${QFORGE_CCACHE})
+endif()

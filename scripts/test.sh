@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds qforge and runs the whole test suite with ctest. Does all its own set-up on a fresh
+# machine (Debian packages; a private Python venv for interop checks is made by the tests that
+# need it). Usage: scripts/test.sh [--sanitize] [ctest args...]
+#   --sanitize   build and test with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+build_dir=build/release
+cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release)
+if [[ "${1:-}" == "--sanitize" ]]; then
+  shift
+  build_dir=build/asan
+  cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQFORGE_SANITIZE=ON -DQFORGE_BUILD_BENCH=OFF)
+fi
+# Warnings are errors in CI so they cannot pile up; a user's local build only warns.
+if [[ "${CI:-}" == "true" ]]; then cmake_args+=(-DQFORGE_WERROR=ON); fi
+
+jobs=$(nproc)
+cmake -S . -B "$build_dir" "${cmake_args[@]}"
+cmake --build "$build_dir" -j "$jobs"
+# GPU tests carry the label 'gpu' and are left out here; they run where a device exists.
+ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" -LE gpu --timeout 900 "$@"
