@@ -1,0 +1,366 @@
+// `qforge quantize IN -o OUT`: quantizes a checkpoint's weight tensors.
+//
+// IN and OUT are GGUF or safetensors by extension. GGUF output takes ggml block types (q4_0,
+// q4_1, q8_0, f16, f32); safetensors output takes qforge qtypes (int8, int4, nf4, fp8_e4m3, ...)
+// stored in qforge's quantized layout (docs/formats.md). By default every tensor of rank >= 2 gets
+// --type and 1-D tensors (norms, biases) stay float; --rules overrides per tensor name. The output
+// is written to a temporary file and renamed at the end, so a failed or interrupted run leaves
+// no partial OUT, and IN is only ever read.
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli_util.hpp"
+#include "command.hpp"
+#include "qforge/analysis/metrics.hpp"
+#include "qforge/core/parallel.hpp"
+#include "qforge/formats/checkpoint.hpp"
+#include "tensor_rules.hpp"
+
+namespace {
+
+using namespace qforge;
+
+struct QuantizeArgs {
+  std::string input, output, type = "q8_0", rules_path, method = "rtn", calib, report_path;
+  std::int64_t group_size = -1;  // -1: the qtype's default
+  bool dry_run = false;
+  int threads = 0;
+};
+
+// What one tensor becomes.
+struct Target {
+  enum class Kind { kKeep, kGgml, kQType } kind = Kind::kKeep;
+  formats::GgmlType ggml = formats::GgmlType::kF32;
+  QType qtype = QType::kInt8;
+  std::int64_t group = 0;
+  std::string label() const {
+    switch (kind) {
+      case Kind::kKeep: return "float";
+      case Kind::kGgml: return std::string(formats::ggml_traits(ggml).name);
+      default: return group > 0 ? fmt::format("{} g{}", to_string(qtype), group) : std::string(to_string(qtype));
+    }
+  }
+};
+
+struct Planned {
+  const formats::CheckpointTensor* tensor;
+  Target target;
+  std::string rule;  // which rule decided, for --dry-run and the report
+  std::string note;
+};
+
+std::int64_t default_group(QType t) {
+  if (t == QType::kNf4 || t == QType::kFp4E2M1) return 64;  // bitsandbytes' default block
+  if (info(t).bits <= 4) return 128;                        // GPTQ/AWQ's usual group
+  return 0;                                                  // 8 bits and up: per row
+}
+
+Target parse_target(const std::string& text, formats::FileFormat out_format, std::int64_t group, const std::string& where) {
+  Target t;
+  if (text == "float" || text == "keep" || text == "none") return t;
+  if (const auto g = formats::parse_ggml_type(text)) {
+    const auto& traits = formats::ggml_traits(*g);
+    if (!traits.codec || traits.type == formats::GgmlType::kQ8_1)
+      throw_error(Status::kUnsupported, "{}: type '{}' cannot be written (q4_0, q4_1, q8_0, f16, bf16, f32)", where, text);
+    if (out_format != formats::FileFormat::kGguf && traits.quantized)
+      throw_error(Status::kInvalidArgument, "{}: type '{}' is a GGUF block type; write a .gguf file, or use a qtype such as int4 or int8", where, text);
+    if (*g == formats::GgmlType::kF32) return t;
+    t.kind = Target::Kind::kGgml;
+    t.ggml = *g;
+    return t;
+  }
+  const auto q = try_parse_qtype(text);
+  if (!q) throw_error(Status::kInvalidArgument, "{}: unknown type '{}' (GGUF: q4_0 q4_1 q8_0 f16 f32; qtypes: see `qforge qtypes`)", where, text);
+  if (out_format == formats::FileFormat::kGguf)
+    throw_error(Status::kInvalidArgument, "{}: qtype '{}' has no GGUF block type; use q4_0, q4_1 or q8_0, or write .safetensors", where, text);
+  t.kind = Target::Kind::kQType;
+  t.qtype = *q;
+  t.group = group >= 0 ? group : default_group(*q);
+  return t;
+}
+
+std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, std::vector<cli::TensorRule>& rules,
+                          formats::FileFormat out_format) {
+  const Target default_target = parse_target(a.type, out_format, a.group_size, "--type");
+  std::vector<Planned> out;
+  for (const auto& t : in.tensors()) {
+    Planned p{&t, {}, "", ""};
+    bool decided = false;
+    for (auto& r : rules) {
+      if (!std::regex_match(t.name, r.regex)) continue;
+      ++r.hits;
+      p.target = parse_target(r.type, out_format, r.group_size.value_or(a.group_size),
+                              fmt::format("{}:{}", a.rules_path, r.line));
+      p.rule = fmt::format("rule line {} '{}'", r.line, r.match);
+      decided = true;
+      break;
+    }
+    if (!decided) {
+      if (t.quantized) {
+        p.rule = "already quantized";
+      } else if (t.shape.size() >= 2) {
+        p.target = default_target;
+        p.rule = "default (rank >= 2)";
+      } else {
+        p.rule = "default (1-D stays float)";
+      }
+    }
+    if (t.quantized && p.target.kind != Target::Kind::kKeep)
+      throw_error(Status::kUnsupported, "{}: tensor '{}' is already quantized ({}); dequantize the file first", in.path(), t.name, t.type);
+    const std::int64_t row = t.shape.empty() ? 1 : t.shape.back();
+    if (p.target.kind == Target::Kind::kGgml && row % formats::ggml_traits(p.target.ggml).block_elems != 0) {
+      p.note = fmt::format("row length {} is not a multiple of {}: kept float", row, formats::ggml_traits(p.target.ggml).block_elems);
+      p.target = Target{};
+    }
+    if (p.target.kind == Target::Kind::kQType && p.target.group > 0 && row % p.target.group != 0) {
+      p.note = fmt::format("group {} does not divide row length {}: one scale per row", p.target.group, row);
+      p.target.group = 0;
+    }
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+// Size the tensor will have in the output.
+std::uint64_t planned_bytes(const Planned& p, formats::FileFormat out_format) {
+  const auto& t = *p.tensor;
+  const std::int64_t n = numel(t.shape);
+  const std::int64_t row = t.shape.empty() ? 1 : t.shape.back();
+  switch (p.target.kind) {
+    case Target::Kind::kKeep:
+      return out_format == formats::FileFormat::kGguf || t.quantized ? static_cast<std::uint64_t>(n) * 4 : t.nbytes;
+    case Target::Kind::kGgml: return static_cast<std::uint64_t>(row == 0 ? 0 : n / row * formats::ggml_row_bytes(p.target.ggml, row));
+    default: {
+      const std::int64_t cells = p.target.group > 0 ? n / p.target.group : (row == 0 ? 0 : n / row);
+      const bool zp = false;
+      return QArray::storage_bytes_for(p.target.qtype, n) + static_cast<std::uint64_t>(cells) * (4 + (zp ? 1 : 0));
+    }
+  }
+}
+
+struct Result {
+  std::vector<std::uint8_t> bytes;  // GGUF tensor bytes or safetensors float bytes
+  formats::GgmlType ggml = formats::GgmlType::kF32;
+  formats::Dtype dtype = formats::Dtype::kF32;
+  std::optional<QArray> qarray;
+  analysis::ErrorStats error;
+  std::uint64_t out_bytes = 0;
+};
+
+Result run_one(const formats::Checkpoint& in, const Planned& p, formats::FileFormat out_format) {
+  const auto& t = *p.tensor;
+  Result r;
+  const TensorF x = in.to_float(t.name);
+  const std::int64_t row = t.shape.empty() ? 1 : t.shape.back();
+  const std::int64_t rows = row == 0 ? 0 : x.size() / row;
+  if (p.target.kind != Target::Kind::kKeep) check_finite(x.data(), QuantLayout(x.shape(), x.shape()), t.name);
+  TensorF back;
+  switch (p.target.kind) {
+    case Target::Kind::kKeep:
+      if (out_format == formats::FileFormat::kSafetensors && !t.quantized) {
+        const auto src = in.safetensors() ? in.safetensors()->bytes(in.safetensors()->at(t.name)) : std::span<const std::uint8_t>{};
+        if (in.safetensors()) {
+          r.bytes.assign(src.begin(), src.end());
+          r.dtype = in.safetensors()->at(t.name).dtype;
+          r.out_bytes = r.bytes.size();
+          back = x;
+          break;
+        }
+      }
+      r.bytes.resize(static_cast<std::size_t>(x.size()) * 4);
+      if (x.size()) std::memcpy(r.bytes.data(), x.data(), r.bytes.size());
+      r.out_bytes = r.bytes.size();
+      back = x;
+      break;
+    case Target::Kind::kGgml: {
+      r.ggml = p.target.ggml;
+      const std::int64_t row_bytes = formats::ggml_row_bytes(r.ggml, row, t.name);
+      r.bytes.resize(static_cast<std::size_t>(rows * row_bytes));
+      back = TensorF(x.shape());
+      for (std::int64_t i = 0; i < rows; ++i) {
+        formats::encode_row(r.ggml, x.data() + i * row, r.bytes.data() + i * row_bytes, row);
+        formats::decode_row(r.ggml, r.bytes.data() + i * row_bytes, back.data() + i * row, row);
+      }
+      r.out_bytes = r.bytes.size();
+      break;
+    }
+    case Target::Kind::kQType: {
+      HowToQuantize how;
+      how.qtype = p.target.qtype;
+      for (int a = 0; a + 1 < static_cast<int>(x.shape().size()); ++a) how.channelwise_axes.push_back(a);
+      if (p.target.group > 0) how.tiled_axes[static_cast<int>(x.shape().size()) - 1] = p.target.group;
+      QuantizeOptions opts;
+      opts.name = t.name;
+      r.qarray = quantize(x, how, opts);
+      back = dequantize(*r.qarray);
+      r.out_bytes = r.qarray->nbytes();
+      break;
+    }
+  }
+  r.error = analysis::compare(x.data(), back.data(), x.size());
+  return r;
+}
+
+std::uint32_t gguf_file_type(const std::vector<Planned>& planned) {
+  // llama.cpp's LLAMA_FTYPE: ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q4_0 2, MOSTLY_Q4_1 3, MOSTLY_Q8_0 7, MOSTLY_BF16 32.
+  std::map<formats::GgmlType, int> count;
+  for (const auto& p : planned)
+    if (p.target.kind == Target::Kind::kGgml) ++count[p.target.ggml];
+  formats::GgmlType most = formats::GgmlType::kF32;
+  int best = 0;
+  for (const auto& [type, n] : count)
+    if (n > best) best = n, most = type;
+  switch (most) {
+    case formats::GgmlType::kF16: return 1;
+    case formats::GgmlType::kQ4_0: return 2;
+    case formats::GgmlType::kQ4_1: return 3;
+    case formats::GgmlType::kQ8_0: return 7;
+    case formats::GgmlType::kBF16: return 32;
+    default: return 0;
+  }
+}
+
+void write_output(const formats::Checkpoint& in, const QuantizeArgs& a, const std::vector<Planned>& planned,
+                  std::vector<Result>& results, formats::FileFormat out_format) {
+  if (out_format == formats::FileFormat::kGguf) {
+    formats::GgufWriter w;
+    if (const auto* g = in.gguf())
+      for (const auto& [k, v] : g->metadata())
+        if (k != "general.file_type" && k != "general.quantization_version" && k != "general.alignment") w.set(k, v);
+    w.set("general.file_type", formats::GgufValue::u32(gguf_file_type(planned)));
+    for (std::size_t i = 0; i < planned.size(); ++i)
+      w.add(planned[i].tensor->name, results[i].ggml, in.to_float(planned[i].tensor->name).shape(), std::move(results[i].bytes));
+    w.write(a.output);
+    return;
+  }
+  formats::SafetensorsWriter w;
+  for (std::size_t i = 0; i < planned.size(); ++i) {
+    auto& r = results[i];
+    if (r.qarray) formats::add_qarray(w, planned[i].tensor->name, *r.qarray);
+    else w.add(planned[i].tensor->name, r.dtype, planned[i].tensor->shape, std::move(r.bytes));
+  }
+  w.set_metadata("qforge.quantized_from", std::filesystem::path(a.input).filename().string());
+  w.write(a.output);
+}
+
+nlohmann::json report_json(const QuantizeArgs& a, const std::vector<Planned>& planned, const std::vector<Result>& results,
+                           double seconds) {
+  nlohmann::json tensors = nlohmann::json::array();
+  std::uint64_t before = 0, after = 0;
+  for (std::size_t i = 0; i < planned.size(); ++i) {
+    const auto& p = planned[i];
+    before += p.tensor->nbytes;
+    after += results[i].out_bytes;
+    nlohmann::json t = {{"name", p.tensor->name}, {"shape", p.tensor->shape}, {"source_type", p.tensor->type},
+                        {"type", p.target.label()}, {"rule", p.rule}, {"bytes_before", p.tensor->nbytes},
+                        {"bytes_after", results[i].out_bytes}, {"error", results[i].error.to_json()}};
+    if (!p.note.empty()) t["note"] = p.note;
+    tensors.push_back(std::move(t));
+  }
+  return {{"input", a.input}, {"output", a.output}, {"method", a.method}, {"seconds", seconds},
+          {"bytes_before", before}, {"bytes_after", after}, {"tensors", tensors}};
+}
+
+void check_paths(const QuantizeArgs& a) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(a.output) && fs::equivalent(a.input, a.output, ec))
+    throw_error(Status::kInvalidArgument, "{}: output is the input file; refusing to overwrite it", a.output);
+  if (a.method != "rtn")
+    throw_error(Status::kUnsupported,
+                "--method {}: this build quantizes checkpoints with rtn only; GPTQ, QEP and JointQ need calibration "
+                "statistics per layer (see docs/cli.md)",
+                a.method);
+  if (!a.calib.empty()) throw_error(Status::kUnsupported, "--calib is only used by --method gptq|qep|jointq");
+}
+
+void run_quantize(QuantizeArgs a) {
+  cli::install_interrupt_handler();
+  check_paths(a);
+  const auto out_format = formats::format_of(a.output);
+  if (a.type == "q8_0" && out_format == formats::FileFormat::kSafetensors) a.type = "int8";  // the natural default per format
+  const formats::Checkpoint in(a.input);
+  std::vector<cli::TensorRule> rules;
+  if (!a.rules_path.empty()) rules = cli::load_tensor_rules(a.rules_path);
+  const std::vector<Planned> planned = plan(in, a, rules, out_format);
+  for (const auto& r : rules)
+    if (r.hits == 0) fmt::print(stderr, "qforge: warning: {}:{}: rule '{}' matched no tensor\n", a.rules_path, r.line, r.match);
+
+  std::size_t width = 6;
+  for (const auto& p : planned) width = std::max(width, p.tensor->name.size());
+  if (a.dry_run) {
+    std::uint64_t before = 0, after = 0;
+    fmt::print("{:<{}}  {:<20} {:<10} {:<10} {:>12} {:>12}  {}\n", "tensor", width, "shape", "from", "to", "bytes", "after", "rule");
+    for (const auto& p : planned) {
+      const auto size = planned_bytes(p, out_format);
+      before += p.tensor->nbytes;
+      after += size;
+      fmt::print("{:<{}}  {:<20} {:<10} {:<10} {:>12} {:>12}  {}{}\n", p.tensor->name, width, shape_str(p.tensor->shape),
+                 p.tensor->type, p.target.label(), p.tensor->nbytes, size, p.rule, p.note.empty() ? "" : " (" + p.note + ")");
+    }
+    fmt::print("dry run: {} -> {} ({} -> {}); nothing written\n", a.input, a.output, cli::human_bytes(double(before)),
+               cli::human_bytes(double(after)));
+    return;
+  }
+
+  std::vector<Result> results(planned.size());
+  cli::Progress progress("quantize", static_cast<std::int64_t>(planned.size()));
+  parallel_for_each(static_cast<std::int64_t>(planned.size()), a.threads > 0 ? a.threads : default_threads(), [&](std::int64_t i) {
+    cli::throw_if_interrupted();
+    const auto& p = planned[static_cast<std::size_t>(i)];
+    results[static_cast<std::size_t>(i)] = run_one(in, p, out_format);
+    progress.advance(p.tensor->name + " -> " + p.target.label());
+  });
+  cli::throw_if_interrupted();
+  write_output(in, a, planned, results, out_format);
+  const double seconds = progress.seconds();
+
+  fmt::print("{:<{}}  {:<20} {:<10} {:>12} {:>10} {:>9} {:>11}\n", "tensor", width, "shape", "type", "bytes", "rel rmse",
+             "sqnr dB", "max |err|");
+  std::uint64_t before = 0, after = 0;
+  for (std::size_t i = 0; i < planned.size(); ++i) {
+    const auto& p = planned[i];
+    const auto& e = results[i].error;
+    before += p.tensor->nbytes;
+    after += results[i].out_bytes;
+    fmt::print("{:<{}}  {:<20} {:<10} {:>12} {:>10.3g} {:>9} {:>11.3g}\n", p.tensor->name, width, shape_str(p.tensor->shape),
+               p.target.label(), results[i].out_bytes, e.relative,
+               std::isfinite(e.sqnr_db) ? fmt::format("{:.2f}", e.sqnr_db) : std::string("exact"), e.max_abs);
+  }
+  for (const auto& p : planned)
+    if (!p.note.empty()) fmt::print("note: {}: {}\n", p.tensor->name, p.note);
+  fmt::print("wrote {}: {} -> {} ({:.2f}x smaller) in {:.2f} s\n", a.output, cli::human_bytes(double(before)),
+             cli::human_bytes(double(after)), after ? double(before) / double(after) : 0.0, seconds);
+  if (!a.report_path.empty()) {
+    formats::AtomicFile f(a.report_path);
+    const std::string text = report_json(a, planned, results, seconds).dump(2) + "\n";
+    f.write(text.data(), text.size());
+    f.commit();
+  }
+}
+
+void setup_quantize(CLI::App& root) {
+  static QuantizeArgs args;
+  auto* cmd = root.add_subcommand("quantize", "Quantize the weights of a GGUF or safetensors checkpoint");
+  cmd->add_option("input", args.input, "Input .gguf or .safetensors")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-o,--output", args.output, "Output .gguf or .safetensors (written atomically)")->required();
+  cmd->add_option("-t,--type", args.type,
+                  "Type for tensors of rank >= 2: q4_0 q4_1 q8_0 f16 (GGUF) or a qtype int8 int4 nf4 fp8_e4m3 ... "
+                  "(safetensors); default q8_0 / int8")
+      ->capture_default_str();
+  cmd->add_option("--group-size", args.group_size, "Values per scale along each row for qtypes (0 = one per row)");
+  cmd->add_option("--rules", args.rules_path, "YAML/JSON list of {match, type, group_size}; first full match wins")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--method", args.method, "rtn (round to nearest)")->capture_default_str();
+  cmd->add_option("--calib", args.calib, "Calibration statistics (safetensors) for gptq/qep/jointq");
+  cmd->add_option("--report", args.report_path, "Write the per-tensor report as JSON");
+  cmd->add_flag("--dry-run", args.dry_run, "Print which rule hits which tensor and the sizes; write nothing");
+  cmd->add_option("--threads", args.threads, "Worker threads (default: all cores)");
+  cmd->callback([] { run_quantize(args); });
+}
+
+}  // namespace
+QFORGE_CLI_COMMAND(setup_quantize);
