@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# Real data for the accuracy tests: the handwritten digits from Debian's python3-sklearn.
+scripts/fetch-digits.sh >/dev/null
 
 build_dir=build/release
 cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release)
