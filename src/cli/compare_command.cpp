@@ -32,8 +32,8 @@ void run_compare(const std::string& a_path, const std::string& b_path) {
     }
     ++shared;
     const auto s = analysis::compare(xa.data(), xb.data(), xa.size());
-    fmt::print("{:<{}}  {:<8} {:<8} {:>12.4g} {:>10.4g} {:>10.2f} {:>12.4g}\n", ta.name, width, ta.type, tb->type, s.rmse,
-               s.relative, std::isfinite(s.sqnr_db) ? s.sqnr_db : 999.99, s.max_abs);
+    fmt::print("{:<{}}  {:<8} {:<8} {:>12.4g} {:>10.4g} {:>10} {:>12.4g}\n", ta.name, width, ta.type, tb->type, s.rmse,
+               s.relative, std::isfinite(s.sqnr_db) ? fmt::format("{:.2f}", s.sqnr_db) : std::string("exact"), s.max_abs);
   }
   for (const auto& tb : b.tensors())
     if (!a.find(tb.name)) fmt::print("{:<{}}  only in {}\n", tb.name, width, b_path);

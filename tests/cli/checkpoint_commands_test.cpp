@@ -1,0 +1,217 @@
+// End-to-end tests of the checkpoint commands on the built binary, beyond the quantize basics:
+// the JSON report, GGUF inspect/dequantize, compare, the methods this build refuses, an
+// interrupted run, and malformed files (unknown GGUF type ids, unknown dtypes, duplicate names).
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/cli_test_util.hpp"
+#include "qforge/analysis/weight_suite.hpp"
+#include "qforge/formats/checkpoint.hpp"
+
+namespace qforge {
+namespace {
+
+using testing::run_qforge;
+using testing::ScratchDir;
+
+std::string write_model(const ScratchDir& dir, std::int64_t layers = 2, std::int64_t width = 128) {
+  formats::SafetensorsWriter w;
+  for (std::int64_t i = 0; i < layers; ++i) {
+    w.add_f32(fmt::format("layers.{}.weight", i),
+              analysis::generate_weights(analysis::WeightFamily::kGaussian, width, width, static_cast<std::uint64_t>(i + 1)));
+    w.add_f32(fmt::format("layers.{}.bias", i), TensorF({width}, 0.25f));
+  }
+  const std::string path = dir / "model.safetensors";
+  w.write(path);
+  return path;
+}
+
+std::vector<std::uint8_t> read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+void write_bytes(const std::string& path, const std::vector<std::uint8_t>& b) {
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+bool has_temporaries(const std::string& dir) {
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().filename().string().find(".tmp.") != std::string::npos) return true;
+  return false;
+}
+
+// The report's per-tensor error is the error of the written file: it equals what `compare`
+// measures between the input and the output, and the sizes add up.
+TEST(QuantizeReport, MatchesTheWrittenFile) {
+  ScratchDir dir;
+  const std::string in = write_model(dir), out = dir / "m.q8_0.gguf", report = dir / "r.json";
+  const auto r = run_qforge("quantize " + in + " -o " + out + " --type q8_0 --report " + report);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream f(report);
+  const auto j = nlohmann::json::parse(f);
+  ASSERT_EQ(j["tensors"].size(), 4u);
+  const formats::Checkpoint a(in), b(out);
+  std::uint64_t after = 0;
+  for (const auto& t : j["tensors"]) {
+    SCOPED_TRACE(t.dump());
+    const std::string name = t["name"];
+    after += t["bytes_after"].get<std::uint64_t>();
+    const TensorF x = a.to_float(name), y = b.to_float(name);
+    const auto e = analysis::compare(x, y);
+    EXPECT_DOUBLE_EQ(t["error"]["mse"].get<double>(), e.mse);
+    if (name.find("weight") != std::string::npos) {
+      EXPECT_EQ(t["type"], "Q8_0");
+      EXPECT_EQ(t["bytes_after"], 128 / 32 * 34 * 128);  // 34-byte blocks of 32 values
+    } else {
+      EXPECT_EQ(t["type"], "float");
+      EXPECT_EQ(t["error"]["mse"], 0.0);
+    }
+  }
+  EXPECT_EQ(j["bytes_after"], after);
+  EXPECT_EQ(j["bytes_before"], 2 * (128 * 128 + 128) * 4);
+}
+
+TEST(InspectCommand, GgufTypesShapesAndMetadata) {
+  ScratchDir dir;
+  const std::string in = write_model(dir), out = dir / "m.gguf";
+  ASSERT_EQ(run_qforge("quantize " + in + " -o " + out + " --type q4_0").exit_code, 0);
+  const auto r = run_qforge("inspect " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("GGUF v3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("general.file_type = 2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("layers.0.weight  Q4_0      [128, 128]"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("layers.0.bias    F32       [128]"), std::string::npos) << r.output;
+}
+
+// GGUF Q8_0 dequantized equals the reference decoder applied to the stored blocks, bit for bit;
+// --f16 rounds those values to half precision; comparing a file with itself is exact.
+TEST(DequantizeCommand, GgufToSafetensorsIsTheReferenceDecoder) {
+  ScratchDir dir;
+  const std::string in = write_model(dir, 1), q = dir / "m.gguf", deq = dir / "d.safetensors", deq16 = dir / "h.safetensors";
+  ASSERT_EQ(run_qforge("quantize " + in + " -o " + q + " --type q8_0").exit_code, 0);
+  ASSERT_EQ(run_qforge("dequantize " + q + " -o " + deq).exit_code, 0);
+  ASSERT_EQ(run_qforge("dequantize " + q + " -o " + deq16 + " --f16").exit_code, 0);
+  const formats::GgufFile g(q);
+  const auto& info = g.at("layers.0.weight");
+  std::vector<float> want(128 * 128);
+  for (int row = 0; row < 128; ++row)
+    formats::dequantize_row_q8_0(g.bytes(info).data() + row * 136, want.data() + row * 128, 128);
+  const formats::SafetensorsFile d(deq), h(deq16);
+  EXPECT_EQ(d.at("layers.0.weight").dtype, formats::Dtype::kF32);
+  EXPECT_EQ(h.at("layers.0.weight").dtype, formats::Dtype::kF16);
+  const TensorF got = d.to_float("layers.0.weight"), got16 = h.to_float("layers.0.weight");
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    ASSERT_EQ(got[static_cast<std::int64_t>(i)], want[i]) << i;
+    ASSERT_EQ(got16[static_cast<std::int64_t>(i)], fp16_to_fp32(fp32_to_fp16(want[i]))) << i;
+  }
+  const auto same = run_qforge("compare " + deq + " " + q);
+  ASSERT_EQ(same.exit_code, 0) << same.output;
+  EXPECT_NE(same.output.find("exact"), std::string::npos) << same.output;
+  const auto bad = run_qforge("dequantize " + q + " -o " + (dir / "d.gguf"));
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("dequantize writes safetensors"), std::string::npos) << bad.output;
+}
+
+TEST(QuantizeCommand, MethodsWithoutAnImplementationAreRefused) {
+  ScratchDir dir;
+  const std::string in = write_model(dir, 1), out = dir / "m.gguf";
+  for (const char* m : {"gptq", "qep", "jointq"}) {
+    const auto r = run_qforge("quantize " + in + " -o " + out + " --method " + m);
+    SCOPED_TRACE(r.output);
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.output.find(std::string("--method ") + m), std::string::npos);
+    EXPECT_FALSE(std::filesystem::exists(out));
+  }
+  const auto calib = run_qforge("quantize " + in + " -o " + out + " --calib " + in);
+  EXPECT_EQ(calib.exit_code, 1);
+  EXPECT_NE(calib.output.find("--calib"), std::string::npos) << calib.output;
+}
+
+// SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
+// The model is large enough (48 tensors of 512x512 to NF4) that the run is still going when the
+// signal lands; if it lands before the handler is installed the default action kills the process,
+// which must leave no OUT either.
+TEST(QuantizeCommand, InterruptedRunLeavesNoOutput) {
+  ScratchDir dir;
+  const std::string in = write_model(dir, 24, 512), out = dir / "m.nf4.safetensors";
+  const auto before = read_bytes(in);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string bin = std::string(QFORGE_BINARY_DIR) + "/bin/qforge";
+    ::execl(bin.c_str(), bin.c_str(), "quantize", in.c_str(), "-o", out.c_str(), "--type", "nf4", "--threads", "1",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ::kill(pid, SIGINT);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  const bool exited_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  EXPECT_FALSE(exited_ok) << "the run finished before the signal; make the model larger";
+  EXPECT_FALSE(std::filesystem::exists(out));
+  EXPECT_FALSE(has_temporaries(std::filesystem::path(in).parent_path().string()));
+  EXPECT_EQ(read_bytes(in), before);
+}
+
+// A GGUF whose tensor carries a type id ggml removed (4, Q4_2) is rejected naming the file and
+// the tensor; so is a safetensors entry with an unknown dtype or a name given twice.
+TEST(BadInput, MalformedFilesNameFileAndTensor) {
+  ScratchDir dir;
+  const std::string in = write_model(dir, 1), gguf = dir / "m.gguf";
+  ASSERT_EQ(run_qforge("quantize " + in + " -o " + gguf + " --type q8_0").exit_code, 0);
+  auto bytes = read_bytes(gguf);
+  // Tensor info: name (u64 length + bytes), n_dims u32, dims u64 x n_dims, type u32, offset u64.
+  const std::string name = "layers.0.weight";
+  const auto it = std::search(bytes.begin(), bytes.end(), name.begin(), name.end());
+  ASSERT_NE(it, bytes.end());
+  const std::size_t type_at = static_cast<std::size_t>(it - bytes.begin()) + name.size() + 4 + 2 * 8;
+  std::uint32_t type;
+  std::memcpy(&type, &bytes[type_at], 4);
+  ASSERT_EQ(type, 8u);  // Q8_0
+  const std::uint32_t removed = 4;
+  std::memcpy(&bytes[type_at], &removed, 4);
+  const std::string patched = dir / "removed_type.gguf";
+  write_bytes(patched, bytes);
+  const auto r = run_qforge("inspect " + patched);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find(patched), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(name), std::string::npos) << r.output;
+
+  auto safetensors_with_header = [&](const std::string& file, const std::string& header, std::size_t data_bytes) {
+    std::vector<std::uint8_t> b(8);
+    const std::uint64_t n = header.size();
+    std::memcpy(b.data(), &n, 8);
+    b.insert(b.end(), header.begin(), header.end());
+    b.resize(b.size() + data_bytes, 0);
+    write_bytes(file, b);
+  };
+  const std::string unknown = dir / "unknown_dtype.safetensors";
+  safetensors_with_header(unknown, R"({"w":{"dtype":"F12","shape":[2],"data_offsets":[0,8]}})", 8);
+  const auto u = run_qforge("inspect " + unknown);
+  EXPECT_EQ(u.exit_code, 1);
+  EXPECT_NE(u.output.find(unknown), std::string::npos) << u.output;
+  EXPECT_NE(u.output.find("F12"), std::string::npos) << u.output;
+
+  const std::string dup = dir / "duplicate.safetensors";
+  safetensors_with_header(dup,
+                          R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                          R"("w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+                          16);
+  const auto d = run_qforge("quantize " + dup + " -o " + (dir / "x.gguf"));
+  EXPECT_EQ(d.exit_code, 1);
+  EXPECT_NE(d.output.find(dup), std::string::npos) << d.output;
+  EXPECT_NE(d.output.find("'w'"), std::string::npos) << d.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "x.gguf"));
+}
+
+}  // namespace
+}  // namespace qforge
