@@ -36,9 +36,10 @@ struct Target {
   formats::GgmlType ggml = formats::GgmlType::kF32;
   QType qtype = QType::kInt8;
   std::int64_t group = 0;
+  std::string kept_as;  // for an already-quantized tensor that is kept: how OUT stores it
   std::string label() const {
     switch (kind) {
-      case Kind::kKeep: return "float";
+      case Kind::kKeep: return kept_as.empty() ? "float" : kept_as;
       case Kind::kGgml: return std::string(formats::ggml_traits(ggml).name);
       default: return group > 0 ? fmt::format("{} g{}", to_string(qtype), group) : std::string(to_string(qtype));
     }
@@ -46,7 +47,7 @@ struct Target {
 };
 
 struct Planned {
-  const formats::CheckpointTensor* tensor;
+  const formats::CheckpointTensor* tensor = nullptr;
   Target target;
   std::string rule;  // which rule decided, for --dry-run and the report
   std::string note;
@@ -82,12 +83,22 @@ Target parse_target(const std::string& text, formats::FileFormat out_format, std
   return t;
 }
 
+// A kept tensor is copied as stored when the output format can hold its type: any tensor within
+// one format (GGUF blocks to GGUF; qforge's layout or any dtype to safetensors), and unquantized
+// tensors into safetensors. Otherwise (GGUF blocks into safetensors, safetensors into GGUF) it is
+// written as float32.
+bool keeps_stored_bytes(const formats::CheckpointTensor& t, formats::FileFormat in_format, formats::FileFormat out_format) {
+  if (in_format == out_format) return true;
+  return !t.quantized && out_format == formats::FileFormat::kSafetensors;
+}
+
 std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, std::vector<cli::TensorRule>& rules,
                           formats::FileFormat out_format) {
   const Target default_target = parse_target(a.type, out_format, a.group_size, "--type");
   std::vector<Planned> out;
   for (const auto& t : in.tensors()) {
-    Planned p{&t, {}, "", ""};
+    Planned p;
+    p.tensor = &t;
     bool decided = false;
     for (auto& r : rules) {
       if (!std::regex_match(t.name, r.regex)) continue;
@@ -101,6 +112,7 @@ std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, 
     if (!decided) {
       if (t.quantized) {
         p.rule = "already quantized";
+        p.target.kept_as = keeps_stored_bytes(t, in.format(), out_format) ? t.type + " (kept)" : "F32 (dequantized)";
       } else if (t.shape.size() >= 2) {
         p.target = default_target;
         p.rule = "default (rank >= 2)";
@@ -125,13 +137,14 @@ std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, 
 }
 
 // Size the tensor will have in the output.
-std::uint64_t planned_bytes(const Planned& p, formats::FileFormat out_format) {
+std::uint64_t planned_bytes(const Planned& p, formats::FileFormat in_format, formats::FileFormat out_format) {
   const auto& t = *p.tensor;
   const std::int64_t n = numel(t.shape);
   const std::int64_t row = t.shape.empty() ? 1 : t.shape.back();
   switch (p.target.kind) {
     case Target::Kind::kKeep:
-      return out_format == formats::FileFormat::kGguf || t.quantized ? static_cast<std::uint64_t>(n) * 4 : t.nbytes;
+      if (keeps_stored_bytes(t, in_format, out_format)) return t.nbytes;
+      return static_cast<std::uint64_t>(n) * 4;
     case Target::Kind::kGgml: return static_cast<std::uint64_t>(row == 0 ? 0 : n / row * formats::ggml_row_bytes(p.target.ggml, row));
     default: {
       const std::int64_t cells = p.target.group > 0 ? n / p.target.group : (row == 0 ? 0 : n / row);
@@ -160,20 +173,27 @@ Result run_one(const formats::Checkpoint& in, const Planned& p, formats::FileFor
   TensorF back;
   switch (p.target.kind) {
     case Target::Kind::kKeep:
-      if (out_format == formats::FileFormat::kSafetensors && !t.quantized) {
-        const auto src = in.safetensors() ? in.safetensors()->bytes(in.safetensors()->at(t.name)) : std::span<const std::uint8_t>{};
-        if (in.safetensors()) {
+      back = x;
+      if (keeps_stored_bytes(t, in.format(), out_format)) {
+        if (const auto* g = in.gguf()) {
+          const auto& info = g->at(t.name);
+          const auto src = g->bytes(info);
           r.bytes.assign(src.begin(), src.end());
-          r.dtype = in.safetensors()->at(t.name).dtype;
-          r.out_bytes = r.bytes.size();
-          back = x;
-          break;
+          r.ggml = info.type;
+        } else if (t.quantized) {
+          r.qarray = formats::load_qarray(*in.safetensors(), t.name);
+        } else if (in.safetensors()) {
+          const auto& e = in.safetensors()->at(t.name);
+          const auto src = in.safetensors()->bytes(e);
+          r.bytes.assign(src.begin(), src.end());
+          r.dtype = e.dtype;
         }
+        r.out_bytes = t.nbytes;
+        break;
       }
       r.bytes.resize(static_cast<std::size_t>(x.size()) * 4);
       if (x.size()) std::memcpy(r.bytes.data(), x.data(), r.bytes.size());
       r.out_bytes = r.bytes.size();
-      back = x;
       break;
     case Target::Kind::kGgml: {
       r.ggml = p.target.ggml;
@@ -295,7 +315,7 @@ void run_quantize(QuantizeArgs a) {
     std::uint64_t before = 0, after = 0;
     fmt::print("{:<{}}  {:<20} {:<10} {:<10} {:>12} {:>12}  {}\n", "tensor", width, "shape", "from", "to", "bytes", "after", "rule");
     for (const auto& p : planned) {
-      const auto size = planned_bytes(p, out_format);
+      const auto size = planned_bytes(p, in.format(), out_format);
       before += p.tensor->nbytes;
       after += size;
       fmt::print("{:<{}}  {:<20} {:<10} {:<10} {:>12} {:>12}  {}{}\n", p.tensor->name, width, shape_str(p.tensor->shape),

@@ -135,6 +135,38 @@ TEST(QuantizeCommand, MethodsWithoutAnImplementationAreRefused) {
   EXPECT_NE(calib.output.find("--calib"), std::string::npos) << calib.output;
 }
 
+// Quantizing a file that already holds quantized tensors keeps them as they are where the output
+// format can store them (GGUF blocks into GGUF, qforge's layout into safetensors: same bytes,
+// same values) and dequantizes them to F32 where it cannot (GGUF blocks into safetensors).
+TEST(QuantizeCommand, AlreadyQuantizedTensorsAreKept) {
+  ScratchDir dir;
+  const std::string in = write_model(dir, 1), q4 = dir / "m.q4_0.gguf", again = dir / "again.gguf",
+                    st = dir / "m.safetensors.out.safetensors", i4 = dir / "m.int4.safetensors", i4again = dir / "i4.safetensors";
+  ASSERT_EQ(run_qforge("quantize " + in + " -o " + q4 + " --type q4_0").exit_code, 0);
+  const auto r = run_qforge("quantize " + q4 + " -o " + again + " --type q8_0");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("Q4_0 (kept)"), std::string::npos) << r.output;
+  const formats::GgufFile a(q4), b(again);
+  ASSERT_EQ(b.at("layers.0.weight").type, formats::GgmlType::kQ4_0);
+  const auto ba = a.bytes(a.at("layers.0.weight")), bb = b.bytes(b.at("layers.0.weight"));
+  EXPECT_TRUE(std::equal(ba.begin(), ba.end(), bb.begin(), bb.end()));
+
+  const auto to_st = run_qforge("quantize " + q4 + " -o " + st + " --type int8");
+  ASSERT_EQ(to_st.exit_code, 0) << to_st.output;
+  EXPECT_NE(to_st.output.find("F32 (dequantized)"), std::string::npos) << to_st.output;
+  const formats::SafetensorsFile s(st);
+  EXPECT_EQ(s.at("layers.0.weight").dtype, formats::Dtype::kF32);
+  EXPECT_EQ(s.to_float("layers.0.weight"), a.to_float("layers.0.weight"));
+
+  ASSERT_EQ(run_qforge("quantize " + in + " -o " + i4 + " --type int4").exit_code, 0);
+  ASSERT_EQ(run_qforge("quantize " + i4 + " -o " + i4again + " --type int8").exit_code, 0);
+  const formats::SafetensorsFile x(i4), y(i4again);
+  const QArray qx = formats::load_qarray(x, "layers.0.weight"), qy = formats::load_qarray(y, "layers.0.weight");
+  EXPECT_EQ(qy.qtype(), QType::kInt4);
+  EXPECT_TRUE(std::equal(qx.storage().begin(), qx.storage().end(), qy.storage().begin(), qy.storage().end()));
+  EXPECT_EQ(qx.scale(), qy.scale());
+}
+
 // SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
 // The model is large enough (48 tensors of 512x512 to NF4) that the run is still going when the
 // signal lands; if it lands before the handler is installed the default action kills the process,
