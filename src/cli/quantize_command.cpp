@@ -8,6 +8,8 @@
 // no partial OUT, and IN is only ever read.
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -83,13 +85,32 @@ Target parse_target(const std::string& text, formats::FileFormat out_format, std
   return t;
 }
 
-// A kept tensor is copied as stored when the output format can hold its type: any tensor within
-// one format (GGUF blocks to GGUF; qforge's layout or any dtype to safetensors), and unquantized
-// tensors into safetensors. Otherwise (GGUF blocks into safetensors, safetensors into GGUF) it is
-// written as float32.
+// Unquantized element types that GGUF and safetensors both store, under the same names.
+struct PlainType {
+  formats::GgmlType ggml;
+  formats::Dtype dtype;
+};
+std::optional<PlainType> plain_type(std::string_view name) {
+  using G = formats::GgmlType;
+  using D = formats::Dtype;
+  static constexpr std::pair<std::string_view, PlainType> kTable[] = {
+      {"F32", {G::kF32, D::kF32}}, {"F16", {G::kF16, D::kF16}}, {"BF16", {G::kBF16, D::kBF16}},
+      {"F64", {G::kF64, D::kF64}}, {"I8", {G::kI8, D::kI8}},    {"I16", {G::kI16, D::kI16}},
+      {"I32", {G::kI32, D::kI32}}, {"I64", {G::kI64, D::kI64}}};
+  for (const auto& [n, t] : kTable)
+    if (n == name) return t;
+  return std::nullopt;
+}
+bool is_float_type(std::string_view name) { return name == "F32" || name == "F16" || name == "BF16" || name == "F64"; }
+
+// A kept tensor is copied as stored when OUT can hold its type: always within one format (GGUF
+// blocks to GGUF, qforge's layout to safetensors); across formats for the plain types both share,
+// except that float tensors go to GGUF as F32, as llama.cpp's converters write norms and biases.
+// Otherwise (GGUF blocks into safetensors) it is dequantized to F32.
 bool keeps_stored_bytes(const formats::CheckpointTensor& t, formats::FileFormat in_format, formats::FileFormat out_format) {
   if (in_format == out_format) return true;
-  return !t.quantized && out_format == formats::FileFormat::kSafetensors;
+  if (t.quantized || !plain_type(t.type)) return false;
+  return out_format == formats::FileFormat::kSafetensors || !is_float_type(t.type);
 }
 
 std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, std::vector<cli::TensorRule>& rules,
@@ -110,7 +131,12 @@ std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, 
       break;
     }
     if (!decided) {
-      if (t.quantized) {
+      if (numel(t.shape) == 0) {
+        p.rule = "default (empty tensor kept)";
+      } else if (!t.quantized && !is_float_type(t.type)) {
+        p.rule = fmt::format("default ({} tensor kept)", t.type);
+        p.target.kept_as = t.type;
+      } else if (t.quantized) {
         p.rule = "already quantized";
         p.target.kept_as = keeps_stored_bytes(t, in.format(), out_format) ? t.type + " (kept)" : "F32 (dequantized)";
       } else if (t.shape.size() >= 2) {
@@ -122,6 +148,13 @@ std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, 
     }
     if (t.quantized && p.target.kind != Target::Kind::kKeep)
       throw_error(Status::kUnsupported, "{}: tensor '{}' is already quantized ({}); dequantize the file first", in.path(), t.name, t.type);
+    if (!t.quantized && !is_float_type(t.type) && p.target.kind != Target::Kind::kKeep)
+      throw_error(Status::kUnsupported, "{}: tensor '{}' holds {} integers, which qforge does not quantize ({})", in.path(),
+                  t.name, t.type, p.rule);
+    if (numel(t.shape) == 0 && p.target.kind != Target::Kind::kKeep) {
+      p.note = "empty: kept";
+      p.target = Target{};
+    }
     const std::int64_t row = t.shape.empty() ? 1 : t.shape.back();
     if (p.target.kind == Target::Kind::kGgml && row % formats::ggml_traits(p.target.ggml).block_elems != 0) {
       p.note = fmt::format("row length {} is not a multiple of {}: kept float", row, formats::ggml_traits(p.target.ggml).block_elems);
@@ -163,34 +196,43 @@ struct Result {
   std::uint64_t out_bytes = 0;
 };
 
+// A tensor copied as stored: its bytes (or QArray) and type, no conversion and no error.
+Result copy_stored(const formats::Checkpoint& in, const formats::CheckpointTensor& t, formats::FileFormat out_format) {
+  Result r;
+  if (const auto* g = in.gguf()) {
+    const auto& info = g->at(t.name);
+    const auto src = g->bytes(info);
+    r.bytes.assign(src.begin(), src.end());
+    r.ggml = info.type;
+    if (out_format == formats::FileFormat::kSafetensors) r.dtype = plain_type(t.type)->dtype;
+  } else if (t.quantized) {
+    r.qarray = formats::load_qarray(*in.safetensors(), t.name);
+  } else {
+    const auto& e = in.safetensors()->at(t.name);
+    const auto src = in.safetensors()->bytes(e);
+    r.bytes.assign(src.begin(), src.end());
+    r.dtype = e.dtype;
+    if (out_format == formats::FileFormat::kGguf) r.ggml = plain_type(t.type)->ggml;
+  }
+  r.out_bytes = t.nbytes;
+  r.error.count = numel(t.shape);
+  r.error.sqnr_db = std::numeric_limits<double>::infinity();
+  return r;
+}
+
 Result run_one(const formats::Checkpoint& in, const Planned& p, formats::FileFormat out_format) {
   const auto& t = *p.tensor;
+  if (p.target.kind == Target::Kind::kKeep && keeps_stored_bytes(t, in.format(), out_format))
+    return copy_stored(in, t, out_format);
   Result r;
   const TensorF x = in.to_float(t.name);
   const std::int64_t row = t.shape.empty() ? 1 : t.shape.back();
   const std::int64_t rows = row == 0 ? 0 : x.size() / row;
-  if (p.target.kind != Target::Kind::kKeep) check_finite(x.data(), QuantLayout(x.shape(), x.shape()), t.name);
+  if (p.target.kind != Target::Kind::kKeep) check_finite(x.data(), QuantLayout(x.shape(), x.shape(), t.name), t.name);
   TensorF back;
   switch (p.target.kind) {
-    case Target::Kind::kKeep:
+    case Target::Kind::kKeep:  // written as float32
       back = x;
-      if (keeps_stored_bytes(t, in.format(), out_format)) {
-        if (const auto* g = in.gguf()) {
-          const auto& info = g->at(t.name);
-          const auto src = g->bytes(info);
-          r.bytes.assign(src.begin(), src.end());
-          r.ggml = info.type;
-        } else if (t.quantized) {
-          r.qarray = formats::load_qarray(*in.safetensors(), t.name);
-        } else if (in.safetensors()) {
-          const auto& e = in.safetensors()->at(t.name);
-          const auto src = in.safetensors()->bytes(e);
-          r.bytes.assign(src.begin(), src.end());
-          r.dtype = e.dtype;
-        }
-        r.out_bytes = t.nbytes;
-        break;
-      }
       r.bytes.resize(static_cast<std::size_t>(x.size()) * 4);
       if (x.size()) std::memcpy(r.bytes.data(), x.data(), r.bytes.size());
       r.out_bytes = r.bytes.size();
@@ -252,7 +294,7 @@ void write_output(const formats::Checkpoint& in, const QuantizeArgs& a, const st
         if (k != "general.file_type" && k != "general.quantization_version" && k != "general.alignment") w.set(k, v);
     w.set("general.file_type", formats::GgufValue::u32(gguf_file_type(planned)));
     for (std::size_t i = 0; i < planned.size(); ++i)
-      w.add(planned[i].tensor->name, results[i].ggml, in.to_float(planned[i].tensor->name).shape(), std::move(results[i].bytes));
+      w.add(planned[i].tensor->name, results[i].ggml, planned[i].tensor->shape, std::move(results[i].bytes));
     w.write(a.output);
     return;
   }

@@ -167,6 +167,39 @@ TEST(QuantizeCommand, AlreadyQuantizedTensorsAreKept) {
   EXPECT_EQ(qx.scale(), qy.scale());
 }
 
+// Integer tensors (position ids) and empty tensors are kept as they are, with their dtype, in both
+// formats; a rule that asks to quantize integers is an error naming the tensor and the rule.
+TEST(QuantizeCommand, IntegerAndEmptyTensorsAreKept) {
+  ScratchDir dir;
+  formats::SafetensorsWriter w;
+  w.add_f32("proj.weight", analysis::generate_weights(analysis::WeightFamily::kGaussian, 8, 64, 3));
+  w.add_f32("empty.weight", TensorF({0, 64}));
+  std::vector<std::uint8_t> ids(64 * 8);
+  for (std::int64_t i = 0; i < 64; ++i) std::memcpy(&ids[static_cast<std::size_t>(i) * 8], &i, 8);
+  w.add("position_ids", formats::Dtype::kI64, {2, 32}, ids);
+  const std::string in = dir / "m.safetensors", gguf = dir / "m.gguf", st = dir / "m.int4.safetensors";
+  w.write(in);
+  const auto r = run_qforge("quantize " + in + " -o " + gguf + " --type q8_0");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("position_ids  [2, 32]              I64"), std::string::npos) << r.output;
+  const formats::GgufFile g(gguf);
+  EXPECT_EQ(g.at("position_ids").type, formats::GgmlType::kI64);
+  const auto gb = g.bytes(g.at("position_ids"));
+  EXPECT_TRUE(std::equal(ids.begin(), ids.end(), gb.begin(), gb.end()));
+  EXPECT_EQ(g.at("proj.weight").type, formats::GgmlType::kQ8_0);
+  ASSERT_EQ(run_qforge("quantize " + in + " -o " + st + " --type int4").exit_code, 0);
+  const formats::SafetensorsFile s(st);
+  EXPECT_EQ(s.at("position_ids").dtype, formats::Dtype::kI64);
+  EXPECT_EQ(s.at("empty.weight").shape, (Shape{0, 64}));
+
+  const std::string rules = dir / "rules.yaml";
+  testing::write_text(rules, "- match: 'position_ids'\n  type: q8_0\n");
+  const auto bad = run_qforge("quantize " + in + " -o " + (dir / "x.gguf") + " --rules " + rules);
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("tensor 'position_ids' holds I64 integers"), std::string::npos) << bad.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "x.gguf"));
+}
+
 // SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
 // The model is large enough (48 tensors of 512x512 to NF4) that the run is still going when the
 // signal lands; if it lands before the handler is installed the default action kills the process,
