@@ -200,6 +200,35 @@ TEST(QuantizeCommand, IntegerAndEmptyTensorsAreKept) {
   EXPECT_FALSE(std::filesystem::exists(dir / "x.gguf"));
 }
 
+// llama.cpp's acceptance bar (tests/test-quantize-fns.cpp) through files: x[i] = 0.1 + 2 cos(i),
+// n = 4096, quantize -> GGUF -> dequantize -> safetensors, and llama.cpp's metric
+// sqrt(sum diff^2) / n (= RMSE / 64 here) below MAX_QUANTIZATION_TOTAL_ERROR = 0.002. Expected
+// from theory (docs/analysis.md): Q4_0 d ~ 2.1 / 8, RMSE ~ d / sqrt(12) = 0.076 -> 0.0012; Q8_0 ~ 0.00007.
+TEST(RoundTrip, MeetsLlamaCppErrorThresholds) {
+  ScratchDir dir;
+  TensorF x({32, 128});
+  for (std::int64_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(0.1 + 2.0 * std::cos(static_cast<double>(i)));
+  formats::SafetensorsWriter w;
+  w.add_f32("w", x);
+  const std::string in = dir / "x.safetensors";
+  w.write(in);
+  for (const char* type : {"q4_0", "q4_1", "q8_0"}) {
+    SCOPED_TRACE(type);
+    const std::string q = dir / (std::string(type) + ".gguf"), back = dir / (std::string(type) + ".safetensors");
+    ASSERT_EQ(run_qforge("quantize " + in + " -o " + q + " --type " + type).exit_code, 0);
+    ASSERT_EQ(run_qforge("dequantize " + q + " -o " + back).exit_code, 0);
+    const TensorF y = formats::SafetensorsFile(back).to_float("w");
+    double sum = 0;
+    for (std::int64_t i = 0; i < x.size(); ++i) sum += (static_cast<double>(x[i]) - y[i]) * (static_cast<double>(x[i]) - y[i]);
+    const double metric = std::sqrt(sum) / static_cast<double>(x.size());
+    EXPECT_LT(metric, 0.002);
+    if (std::string(type) == "q8_0") {
+      EXPECT_LT(metric, 0.0002);
+    }
+    RecordProperty(std::string(type) + "_metric", std::to_string(metric));
+  }
+}
+
 // SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
 // The model is large enough (48 tensors of 512x512 to NF4) that the run is still going when the
 // signal lands; if it lands before the handler is installed the default action kills the process,
