@@ -32,6 +32,11 @@ section "int4, groups of 32 (qforge's quantized safetensors layout)"
 section "NF4, blocks of 64"
 "$qforge" quantize "$model" -o "$out/digits_mlp.nf4.safetensors" --type nf4
 
+section "what each type costs, per tensor (error analysis, nothing written)"
+"$qforge" analyze "$model" --types int8,int4,nf4,q8_0,q4_0 --granularity channel,group --group 32 2>/dev/null
+section "Q4_0 file against the original (per-tensor error table)"
+"$qforge" compare "$model" "$out/digits_mlp.q4_0.gguf"
+
 section "test accuracy on 359 held-out digits"
 $evaluate "$model"
 for f in "$out"/digits_mlp.q8_0.gguf "$out"/digits_mlp.q4_0.gguf "$out"/digits_mlp.int4.safetensors "$out"/digits_mlp.nf4.safetensors; do
