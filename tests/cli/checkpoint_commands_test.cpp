@@ -229,6 +229,41 @@ TEST(RoundTrip, MeetsLlamaCppErrorThresholds) {
   }
 }
 
+// Rules files: JSON works like YAML; group_size and float/keep override per tensor; mistakes in
+// the file name the file and the line.
+TEST(QuantizeRules, JsonGroupSizeKeepAndErrors) {
+  ScratchDir dir;
+  const std::string in = write_model(dir, 2), out = dir / "m.safetensors.q.safetensors", rules = dir / "r.json";
+  testing::write_text(rules, R"([{"match": "layers\\.0\\.weight", "type": "int4", "group_size": 32},
+ {"match": "layers\\.1\\.weight", "type": "keep"}])");
+  const auto r = run_qforge("quantize " + in + " -o " + out + " --type int8 --rules " + rules);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const formats::SafetensorsFile s(out);
+  const QArray q0 = formats::load_qarray(s, "layers.0.weight");
+  EXPECT_EQ(q0.qtype(), QType::kInt4);
+  EXPECT_EQ(q0.scale().shape(), (Shape{128, 4}));
+  EXPECT_EQ(s.at("layers.1.weight").dtype, formats::Dtype::kF32);
+  EXPECT_EQ(s.to_float("layers.1.weight"), formats::SafetensorsFile(in).to_float("layers.1.weight"));
+
+  struct Bad {
+    const char* text;
+    const char* needle;
+  };
+  for (const Bad& b : {Bad{"- match: '('\n  type: q8_0\n", ":1: field 'match': '(' is not a valid regex"},
+                       Bad{"match: x\ntype: q8_0\n", "the rules file must be a list of rules"},
+                       Bad{"- match: 'x'\n", ":1: rule has no 'type'"},
+                       Bad{"- match: '.*'\n  type: int9\n", "unknown type 'int9'"}}) {
+    SCOPED_TRACE(b.text);
+    const std::string bad = dir / "bad.yaml";
+    testing::write_text(bad, b.text);
+    const auto e = run_qforge("quantize " + in + " -o " + (dir / "x.gguf") + " --rules " + bad);
+    EXPECT_EQ(e.exit_code, 1);
+    EXPECT_NE(e.output.find(b.needle), std::string::npos) << e.output;
+    EXPECT_NE(e.output.find(bad), std::string::npos) << e.output;
+    EXPECT_FALSE(std::filesystem::exists(dir / "x.gguf"));
+  }
+}
+
 // SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
 // The model is large enough (48 tensors of 512x512 to NF4) that the run is still going when the
 // signal lands; if it lands before the handler is installed the default action kills the process,
