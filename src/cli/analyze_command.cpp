@@ -53,8 +53,6 @@ TypeChoice parse_type(const std::string& text) {
 
 // The granularities asked for, applied to a tensor whose last axis has `row` elements. Leading
 // axes are channelwise for "channel" and "group"; "group" tiles the last axis.
-bool is_float_type(std::string_view name) { return name == "F32" || name == "F16" || name == "BF16" || name == "F64"; }
-
 std::vector<HowToQuantize> granularities_for(QType t, const AnalyzeArgs& a, int rank, std::int64_t row) {
   std::vector<HowToQuantize> out;
   for (const auto& g : a.granularities) {
@@ -173,7 +171,7 @@ void run_file(const AnalyzeArgs& a, const std::vector<TypeChoice>& types) {
   std::vector<analysis::QuantErrorReport> reports;
   std::vector<const formats::CheckpointTensor*> chosen;
   for (const auto& t : ckpt.tensors())
-    if (t.shape.size() >= 2 && numel(t.shape) > 0 && (t.quantized || is_float_type(t.type))) chosen.push_back(&t);
+    if (t.shape.size() >= 2 && numel(t.shape) > 0 && (t.quantized || cli::is_float_type(t.type))) chosen.push_back(&t);
   if (chosen.empty()) throw_error(Status::kInvalidArgument, "{}: no tensor of rank >= 2 to analyze", a.input);
   cli::install_interrupt_handler();
   cli::Progress progress("analyze", static_cast<std::int64_t>(chosen.size()));

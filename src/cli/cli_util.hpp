@@ -1,4 +1,5 @@
-// Shared pieces of the checkpoint commands: human-readable sizes, a progress display (a bar
+// Shared pieces of the checkpoint commands: the plain element types both formats hold,
+// human-readable sizes, a progress display (a bar
 // with an ETA on a terminal, plain lines otherwise), and interrupt handling that lets a command
 // stop between tensors and unwind, so temporary output files are removed.
 #pragma once
@@ -11,13 +12,35 @@
 #include <cstdint>
 #include <cstdio>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include <fmt/format.h>
 
 #include "qforge/core/error.hpp"
+#include "qforge/formats/gguf_blocks.hpp"
+#include "qforge/formats/safetensors.hpp"
 
 namespace qforge::cli {
+
+// Unquantized element types that GGUF and safetensors both store, under the same names.
+struct PlainType {
+  formats::GgmlType ggml;
+  formats::Dtype dtype;
+};
+inline std::optional<PlainType> plain_type(std::string_view name) {
+  using G = formats::GgmlType;
+  using D = formats::Dtype;
+  static constexpr std::pair<std::string_view, PlainType> kTable[] = {
+      {"F32", {G::kF32, D::kF32}}, {"F16", {G::kF16, D::kF16}}, {"BF16", {G::kBF16, D::kBF16}},
+      {"F64", {G::kF64, D::kF64}}, {"I8", {G::kI8, D::kI8}},    {"I16", {G::kI16, D::kI16}},
+      {"I32", {G::kI32, D::kI32}}, {"I64", {G::kI64, D::kI64}}};
+  for (const auto& [n, t] : kTable)
+    if (n == name) return t;
+  return std::nullopt;
+}
+// Float element types: the tensors that are weights and may be quantized.
+inline bool is_float_type(std::string_view name) { return name == "F32" || name == "F16" || name == "BF16" || name == "F64"; }
 
 inline std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};

@@ -1,4 +1,5 @@
-// `qforge dequantize IN -o OUT.safetensors`: every tensor of IN as float32 (or float16).
+// `qforge dequantize IN -o OUT.safetensors`: every tensor of IN as float32 (or float16); integer
+// tensors (position ids) keep their dtype.
 #include <fmt/format.h>
 
 #include "cli_util.hpp"
@@ -22,6 +23,14 @@ void run_dequantize(const DequantizeArgs& a) {
   cli::Progress progress("dequantize", static_cast<std::int64_t>(in.tensors().size()));
   for (const auto& t : in.tensors()) {
     cli::throw_if_interrupted();
+    if (!t.quantized && !cli::is_float_type(t.type)) {  // integers (position ids) keep their dtype
+      const auto plain = cli::plain_type(t.type);
+      if (!plain) throw_error(Status::kUnsupported, "{}: tensor '{}' has type {}, which safetensors cannot hold", a.input, t.name, t.type);
+      const auto src = in.gguf() ? in.gguf()->bytes(in.gguf()->at(t.name)) : in.safetensors()->bytes(in.safetensors()->at(t.name));
+      out.add(t.name, plain->dtype, t.shape, std::vector<std::uint8_t>(src.begin(), src.end()));
+      progress.advance(t.name);
+      continue;
+    }
     const TensorF x = in.to_float(t.name);
     if (a.f16) {
       std::vector<std::uint8_t> bytes(static_cast<std::size_t>(x.size()) * 2);

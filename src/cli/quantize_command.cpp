@@ -85,32 +85,14 @@ Target parse_target(const std::string& text, formats::FileFormat out_format, std
   return t;
 }
 
-// Unquantized element types that GGUF and safetensors both store, under the same names.
-struct PlainType {
-  formats::GgmlType ggml;
-  formats::Dtype dtype;
-};
-std::optional<PlainType> plain_type(std::string_view name) {
-  using G = formats::GgmlType;
-  using D = formats::Dtype;
-  static constexpr std::pair<std::string_view, PlainType> kTable[] = {
-      {"F32", {G::kF32, D::kF32}}, {"F16", {G::kF16, D::kF16}}, {"BF16", {G::kBF16, D::kBF16}},
-      {"F64", {G::kF64, D::kF64}}, {"I8", {G::kI8, D::kI8}},    {"I16", {G::kI16, D::kI16}},
-      {"I32", {G::kI32, D::kI32}}, {"I64", {G::kI64, D::kI64}}};
-  for (const auto& [n, t] : kTable)
-    if (n == name) return t;
-  return std::nullopt;
-}
-bool is_float_type(std::string_view name) { return name == "F32" || name == "F16" || name == "BF16" || name == "F64"; }
-
 // A kept tensor is copied as stored when OUT can hold its type: always within one format (GGUF
 // blocks to GGUF, qforge's layout to safetensors); across formats for the plain types both share,
 // except that float tensors go to GGUF as F32, as llama.cpp's converters write norms and biases.
 // Otherwise (GGUF blocks into safetensors) it is dequantized to F32.
 bool keeps_stored_bytes(const formats::CheckpointTensor& t, formats::FileFormat in_format, formats::FileFormat out_format) {
   if (in_format == out_format) return true;
-  if (t.quantized || !plain_type(t.type)) return false;
-  return out_format == formats::FileFormat::kSafetensors || !is_float_type(t.type);
+  if (t.quantized || !cli::plain_type(t.type)) return false;
+  return out_format == formats::FileFormat::kSafetensors || !cli::is_float_type(t.type);
 }
 
 std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, std::vector<cli::TensorRule>& rules,
@@ -133,7 +115,7 @@ std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, 
     if (!decided) {
       if (numel(t.shape) == 0) {
         p.rule = "default (empty tensor kept)";
-      } else if (!t.quantized && !is_float_type(t.type)) {
+      } else if (!t.quantized && !cli::is_float_type(t.type)) {
         p.rule = fmt::format("default ({} tensor kept)", t.type);
         p.target.kept_as = t.type;
       } else if (t.quantized) {
@@ -148,7 +130,7 @@ std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, 
     }
     if (t.quantized && p.target.kind != Target::Kind::kKeep)
       throw_error(Status::kUnsupported, "{}: tensor '{}' is already quantized ({}); dequantize the file first", in.path(), t.name, t.type);
-    if (!t.quantized && !is_float_type(t.type) && p.target.kind != Target::Kind::kKeep)
+    if (!t.quantized && !cli::is_float_type(t.type) && p.target.kind != Target::Kind::kKeep)
       throw_error(Status::kUnsupported, "{}: tensor '{}' holds {} integers, which qforge does not quantize ({})", in.path(),
                   t.name, t.type, p.rule);
     if (numel(t.shape) == 0 && p.target.kind != Target::Kind::kKeep) {
@@ -204,7 +186,7 @@ Result copy_stored(const formats::Checkpoint& in, const formats::CheckpointTenso
     const auto src = g->bytes(info);
     r.bytes.assign(src.begin(), src.end());
     r.ggml = info.type;
-    if (out_format == formats::FileFormat::kSafetensors) r.dtype = plain_type(t.type)->dtype;
+    if (out_format == formats::FileFormat::kSafetensors) r.dtype = cli::plain_type(t.type)->dtype;
   } else if (t.quantized) {
     r.qarray = formats::load_qarray(*in.safetensors(), t.name);
   } else {
@@ -212,7 +194,7 @@ Result copy_stored(const formats::Checkpoint& in, const formats::CheckpointTenso
     const auto src = in.safetensors()->bytes(e);
     r.bytes.assign(src.begin(), src.end());
     r.dtype = e.dtype;
-    if (out_format == formats::FileFormat::kGguf) r.ggml = plain_type(t.type)->ggml;
+    if (out_format == formats::FileFormat::kGguf) r.ggml = cli::plain_type(t.type)->ggml;
   }
   r.out_bytes = t.nbytes;
   r.error.count = numel(t.shape);

@@ -191,6 +191,12 @@ TEST(QuantizeCommand, IntegerAndEmptyTensorsAreKept) {
   const formats::SafetensorsFile s(st);
   EXPECT_EQ(s.at("position_ids").dtype, formats::Dtype::kI64);
   EXPECT_EQ(s.at("empty.weight").shape, (Shape{0, 64}));
+  const std::string deq = dir / "deq.safetensors";
+  ASSERT_EQ(run_qforge("dequantize " + gguf + " -o " + deq).exit_code, 0);
+  const formats::SafetensorsFile d(deq);
+  EXPECT_EQ(d.at("position_ids").dtype, formats::Dtype::kI64);
+  const auto db = d.bytes(d.at("position_ids"));
+  EXPECT_TRUE(std::equal(ids.begin(), ids.end(), db.begin(), db.end()));
 
   const std::string rules = dir / "rules.yaml";
   testing::write_text(rules, "- match: 'position_ids'\n  type: q8_0\n");
