@@ -111,6 +111,21 @@ TEST(DigitsDataset, MalformedRowsNameFileAndLine) {
   EXPECT_EQ(load_error("qforge_digits_good.csv", row(4)), "");
 }
 
+TEST(DigitsDataset, ShiftMovesPixelsAndZeroFillsTheVacatedEdge) {
+  LabelledImages d{qforge::TensorF({1, 64}), {5}};
+  for (int i = 0; i < 64; ++i) d.images.data()[i] = static_cast<float>(i + 1);
+  const LabelledImages s = qforge::data::shift_images(d, 1, 2);  // right 1, down 2
+  EXPECT_EQ(s.labels, d.labels);
+  for (int y = 0; y < 8; ++y)
+    for (int x = 0; x < 8; ++x) {
+      const float expected = (x >= 1 && y >= 2) ? static_cast<float>((y - 2) * 8 + (x - 1) + 1) : 0.0f;
+      EXPECT_EQ(s.images.data()[y * 8 + x], expected) << "x " << x << " y " << y;
+    }
+  const LabelledImages back = qforge::data::shift_images(qforge::data::shift_images(d, -1, 0), 1, 0);
+  for (int y = 0; y < 8; ++y) EXPECT_EQ(back.images.data()[y * 8], 0.0f);  // column 0 was lost
+  EXPECT_EQ(back.images.data()[1], d.images.data()[1]);
+}
+
 TEST(DigitsDataset, MissingFileSaysHowToFetchIt) {
   try {
     qforge::data::load_digits("/nonexistent/digits.csv");

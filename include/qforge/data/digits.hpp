@@ -90,4 +90,18 @@ inline DigitsSplit split_digits(const LabelledImages& all, double test_fraction 
   return {gather(0, all.size() - n_test), gather(all.size() - n_test, all.size())};
 }
 
+// The same images translated by (dx, dy) pixels, vacated pixels 0: a distribution shift a model
+// trained on centred digits has not seen (the QLoRA experiment adapts to it).
+inline LabelledImages shift_images(const LabelledImages& d, int dx, int dy) {
+  LabelledImages out{TensorF({d.size(), 64}), d.labels};
+  for (std::int64_t n = 0; n < d.size(); ++n)
+    for (int y = 0; y < 8; ++y)
+      for (int x = 0; x < 8; ++x) {
+        const int sx = x - dx, sy = y - dy;
+        const bool inside = sx >= 0 && sx < 8 && sy >= 0 && sy < 8;
+        out.images.data()[n * 64 + y * 8 + x] = inside ? d.images.data()[n * 64 + sy * 8 + sx] : 0.0f;
+      }
+  return out;
+}
+
 }  // namespace qforge::data
