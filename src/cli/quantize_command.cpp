@@ -219,8 +219,9 @@ Result run_one(const formats::Checkpoint& in, const Planned& p, formats::FileFor
       if (x.size()) std::memcpy(r.bytes.data(), x.data(), r.bytes.size());
       r.out_bytes = r.bytes.size();
       break;
-    case Target::Kind::kGgml: {
+    case Target::Kind::kGgml: {  // a GGML block type, or f16/bf16 (which safetensors holds too)
       r.ggml = p.target.ggml;
+      if (out_format == formats::FileFormat::kSafetensors) r.dtype = cli::plain_type(formats::ggml_traits(r.ggml).name)->dtype;
       const std::int64_t row_bytes = formats::ggml_row_bytes(r.ggml, row, t.name);
       r.bytes.resize(static_cast<std::size_t>(rows * row_bytes));
       back = TensorF(x.shape());

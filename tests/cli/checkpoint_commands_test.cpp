@@ -270,6 +270,26 @@ TEST(QuantizeRules, JsonGroupSizeKeepAndErrors) {
   }
 }
 
+// f16 and bf16 are written by either format; the values are the fp32 -> fp16/bf16 conversions.
+TEST(QuantizeCommand, HalfPrecisionToBothFormats) {
+  ScratchDir dir;
+  const std::string in = write_model(dir, 1);
+  const TensorF x = formats::SafetensorsFile(in).to_float("layers.0.weight");
+  for (const char* type : {"f16", "bf16"}) {
+    for (const char* ext : {".safetensors", ".gguf"}) {
+      const std::string out = dir / (std::string("h.") + type + ext);
+      SCOPED_TRACE(out);
+      const auto r = run_qforge("quantize " + in + " -o " + out + " --type " + type);
+      ASSERT_EQ(r.exit_code, 0) << r.output;
+      const TensorF y = formats::Checkpoint(out).to_float("layers.0.weight");
+      for (std::int64_t i = 0; i < x.size(); ++i) {
+        const float want = std::string(type) == "f16" ? fp16_to_fp32(fp32_to_fp16(x[i])) : bf16_to_fp32(fp32_to_bf16(x[i]));
+        ASSERT_EQ(y[i], want) << i;
+      }
+    }
+  }
+}
+
 // SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
 // The model is large enough (48 tensors of 512x512 to NF4) that the run is still going when the
 // signal lands; if it lands before the handler is installed the default action kills the process,
