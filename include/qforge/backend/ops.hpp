@@ -7,6 +7,8 @@
 #include <string_view>
 #include <variant>
 
+#include "qforge/core/matmul.hpp"
+
 namespace qforge::backend {
 
 // dst[M, N] (+)= a[M, K] * b[N, K]^T, all float32. lda/ldb/ldd are row strides in elements.
@@ -39,13 +41,24 @@ struct GemmS8S8S32Op {
   std::int32_t* dst = nullptr;
 };
 
-using Op = std::variant<GemmF32Op, SyrkOp, GemmS8S8S32Op>;
+// dst[M, N] = dq(a)[M, K] * dq(b)[N, K]^T computed in integers: integer dot products of the codes
+// within each K tile, times both scales, with a zero-point correction for one asymmetric
+// operand. The semantics are core/matmul.hpp's integer_matmul; a and b are integer QArrays whose
+// scales are [M or 1, T] and [N or 1, T].
+struct QuantizedMatmulOp {
+  const QArray* a = nullptr;
+  const QArray* b = nullptr;
+  float* dst = nullptr;  // M x N, row-major
+};
+
+using Op = std::variant<GemmF32Op, SyrkOp, GemmS8S8S32Op, QuantizedMatmulOp>;
 
 inline std::string_view op_name(const Op& op) {
   struct Namer {
     std::string_view operator()(const GemmF32Op&) const { return "gemm_f32"; }
     std::string_view operator()(const SyrkOp&) const { return "syrk_f32"; }
     std::string_view operator()(const GemmS8S8S32Op&) const { return "gemm_s8s8s32"; }
+    std::string_view operator()(const QuantizedMatmulOp&) const { return "quantized_matmul"; }
   };
   return std::visit(Namer{}, op);
 }

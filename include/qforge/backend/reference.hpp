@@ -2,6 +2,7 @@
 // always last in the registry's priority list; every other backend is tested against it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "qforge/backend/backend.hpp"
@@ -47,6 +48,11 @@ class ReferenceBackend final : public Backend {
         for (std::int64_t k = 0; k < o.K; ++k) acc += std::int32_t{o.a[m * o.K + k]} * o.b[n * o.K + k];
         o.dst[m * o.N + n] = acc;
       }
+    return Status::kSuccess;
+  }
+  static Status run_op(const QuantizedMatmulOp& o) {
+    const TensorF d = integer_matmul(*o.a, *o.b);
+    std::copy(d.data(), d.data() + d.size(), o.dst);
     return Status::kSuccess;
   }
 };

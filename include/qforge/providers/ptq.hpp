@@ -1,0 +1,258 @@
+// Post-training quantization of a model graph (Qwix PtqProvider).
+//
+//   std::vector<rules::QuantizationRule> rules(1);
+//   rules[0].module_path = "layers\\.[0-9]+";
+//   rules[0].weight_qtype = QType::kInt8;
+//   rules[0].act_qtype = QType::kInt8;                    // unset: weight-only
+//   rules[0].act_static_scale = true;                     // static range: needs calibration batches
+//   auto report = providers::quantize_model(model, providers::PtqProvider(rules), calibration_batches);
+//   nn::Var logits = model(nn::Var(x));                   // the model's own code, now quantized
+//
+// Weight-only sites multiply the dequantized weight in float. Dynamic-range sites quantize the
+// activation per row (per image for a convolution) on the fly; static-range sites use scales
+// frozen from a calibration pass (Qwix's cumulative mean of per-batch absmax, or of min and
+// max). Both then multiply in integers through the backend (QuantizedMatmulOp). A site whose
+// rule leaves weight_qtype unset runs in float. Nothing in the model changes until every site
+// has been prepared, so an error leaves the model as it was.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "qforge/backend/registry.hpp"
+#include "qforge/core/stats.hpp"
+#include "qforge/providers/sites.hpp"
+
+namespace qforge::providers {
+
+class PtqProvider {
+ public:
+  explicit PtqProvider(std::vector<rules::QuantizationRule> rules) : rules_(std::move(rules)) {}
+  const std::vector<rules::QuantizationRule>& rules() const { return rules_; }
+
+ private:
+  std::vector<rules::QuantizationRule> rules_;
+};
+
+// Static-range statistics per site id: the cumulative mean over batches of the per-batch mean
+// (over act_batch_axes) of each row's range, one value per K tile: shape [1, T].
+struct ActivationStats {
+  RunningMean hi;  // absmax, or max for an asymmetric method
+  RunningMean lo;  // min for an asymmetric method (unused for symmetric ones)
+  bool symmetric = true;
+};
+using CalibrationStats = std::map<std::string, ActivationStats>;
+
+// The quantized parameters of a model: what quantize_params produces offline and what a
+// quantized model runs on. Keys: weight parameter paths and site ids.
+struct QuantizedParams {
+  std::map<std::string, QArray> weights;                 // "layers.0.weight" -> QArray over [N, K]
+  std::map<std::string, ScaleAndZeroPoint> act_scales;   // site id -> frozen activation scale [1, T]
+};
+
+namespace detail {
+
+inline TensorF rows_view(const nn::Var& v) {
+  const Shape& s = v.shape();
+  return TensorF(s, v.value().vec());
+}
+
+// One row of statistics from a batch: per-row (per-group) calibration, then the mean over the
+// batch axis, as Qwix averages over act_batch_axes.
+inline std::pair<TensorF, TensorF> batch_range(const TensorF& lhs, const HowToQuantize& how, std::string_view site) {
+  const QuantLayout layout(lhs.shape(), how, site);
+  const CalibrationMethod m = parse_calibration_method(how.calibration_method);
+  const CalibratedRange r = calibrate(lhs.data(), layout, m, how.qtype, site);
+  const std::int64_t rows = r.hi.shape()[0], tiles = r.hi.shape()[1];
+  TensorF hi({1, tiles}), lo({1, tiles});
+  for (std::int64_t t = 0; t < tiles; ++t) {
+    double sh = 0, sl = 0;
+    for (std::int64_t i = 0; i < rows; ++i) {
+      sh += r.hi.at(i, t);
+      sl += r.lo.at(i, t);
+    }
+    hi[t] = static_cast<float>(sh / static_cast<double>(rows));
+    lo[t] = static_cast<float>(sl / static_cast<double>(rows));
+  }
+  return {hi, lo};
+}
+
+// A [M/g, T] per-group scale repeated to [M, T], so the integer product sees one scale per row.
+inline QArray expand_row_groups(const QArray& q, std::int64_t rows_per_group) {
+  if (rows_per_group <= 1 || q.scale().shape()[0] == q.shape()[0]) return q;
+  const std::int64_t M = q.shape()[0], T = q.scale().shape()[1];
+  TensorF scale({M, T});
+  std::optional<Tensor<std::int32_t>> zp;
+  if (q.zero_point()) zp = Tensor<std::int32_t>({M, T});
+  for (std::int64_t m = 0; m < M; ++m)
+    for (std::int64_t t = 0; t < T; ++t) {
+      scale.at(m, t) = q.scale().at(m / rows_per_group, t);
+      if (zp) zp->at(m, t) = q.zero_point()->at(m / rows_per_group, t);
+    }
+  QArray out(q.qtype(), q.shape(), std::move(scale), std::move(zp), q.how());
+  std::copy(q.storage().begin(), q.storage().end(), out.storage().begin());
+  return out;
+}
+
+inline TensorF float_matmul_nt(const TensorF& a, const TensorF& b) {
+  const std::int64_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[0];
+  TensorF d({M, N});
+  backend::run(backend::GemmF32Op{M, N, K, a.data(), K, b.data(), K, d.data(), N});
+  return d;
+}
+
+inline TensorF integer_product(const QArray& a, const QArray& b) {
+  TensorF d({a.shape()[0], b.shape()[0]});
+  backend::run(backend::QuantizedMatmulOp{&a, &b, d.data()});
+  return d;
+}
+
+// The site's prepared state in a quantized model.
+struct PreparedSite {
+  SiteInfo info;
+  std::optional<QArray> weight;             // over the [N, K] view
+  std::optional<ScaleAndZeroPoint> act_scale;  // static range only
+  std::string mode;
+};
+
+class PtqInterceptor : public nn::Interceptor {
+ public:
+  explicit PtqInterceptor(std::map<std::string, PreparedSite> sites) : sites_(std::move(sites)) {}
+
+  std::optional<nn::Var> intercept(nn::Context&, const nn::SiteCall& call) override {
+    const auto it = sites_.find(call.site.id());
+    if (it == sites_.end() || !it->second.weight) return std::nullopt;
+    const PreparedSite& p = it->second;
+    const TensorF lhs = rows_view(call.lhs);
+    if (lhs.shape().size() != 2 || !call.weight)  // activation x activation: fake-quantized in float
+      return std::nullopt;
+    if (!p.info.config.act_qtype) return nn::Var(float_matmul_nt(lhs, dequantize(*p.weight)));
+    const HowToQuantize how = act_how(p.info.config, lhs.shape(), call.rows_per_scale_group);
+    QuantizeOptions opts;
+    opts.name = p.info.site.id();
+    QArray qa = p.act_scale ? quantize_with_scale(lhs, static_how(how), *p.act_scale, opts) : quantize(lhs, how, opts);
+    qa = expand_row_groups(qa, p.act_scale ? 1 : call.rows_per_scale_group);
+    return nn::Var(integer_product(qa, *p.weight));
+  }
+
+  const std::map<std::string, PreparedSite>& sites() const { return sites_; }
+
+  // The per-tensor-over-rows layout a frozen scale [1, T] implies.
+  static HowToQuantize static_how(HowToQuantize how) {
+    how.channelwise_axes.clear();
+    how.tiled_axes.erase(0);
+    return how;
+  }
+
+ private:
+  std::map<std::string, PreparedSite> sites_;
+};
+
+class CalibrationInterceptor : public nn::Interceptor {
+ public:
+  explicit CalibrationInterceptor(const std::vector<SiteInfo>& sites) {
+    for (const auto& s : sites)
+      if (s.config.weight_qtype && s.config.act_qtype && s.config.act_static_scale && s.weight) sites_[s.site.id()] = &s;
+  }
+  std::optional<nn::Var> intercept(nn::Context&, const nn::SiteCall& call) override {
+    const auto it = sites_.find(call.site.id());
+    if (it == sites_.end()) return std::nullopt;
+    const TensorF lhs = rows_view(call.lhs);
+    const HowToQuantize how = act_how(it->second->config, lhs.shape(), call.rows_per_scale_group);
+    auto [hi, lo] = batch_range(lhs, how, call.site.id());
+    ActivationStats& st = stats[call.site.id()];
+    st.symmetric = parse_calibration_method(how.calibration_method).symmetric();
+    st.hi.update(hi, call.site.id());
+    st.lo.update(lo, call.site.id());
+    return std::nullopt;
+  }
+  CalibrationStats stats;
+
+ private:
+  std::map<std::string, const SiteInfo*> sites_;
+};
+
+}  // namespace detail
+
+// Runs the float model over `batches` and collects static-range statistics for every site whose
+// rule asks for them. Statistics from shards of the data merge exactly (RunningMean::merge).
+inline CalibrationStats calibrate_model(nn::Module& model, const std::vector<SiteInfo>& sites, const Batches& batches) {
+  detail::CalibrationInterceptor c(sites);
+  for (const auto& b : batches) {
+    nn::Context ctx(&c, false);
+    model.forward(ctx, nn::Var(b));
+  }
+  return std::move(c.stats);
+}
+
+// Quantizes float parameters offline into what a quantized model expects: weights by the rules
+// of their sites, activation scales from statistics. No forward pass runs.
+inline QuantizedParams quantize_params(const std::map<std::string, TensorF>& fp_params, const std::vector<SiteInfo>& sites,
+                                       const CalibrationStats& stats) {
+  QuantizedParams out;
+  for (const auto& s : sites) {
+    if (!s.config.weight_qtype || !s.weight) continue;
+    const auto it = fp_params.find(s.weight_name);
+    if (it == fp_params.end()) throw_error(Status::kNotFound, "quantize_params: no float parameter '{}' for site {}", s.weight_name, s.site.id());
+    if (it->second.size() != numel(s.rhs_shape))
+      throw_error(Status::kShapeMismatch, "quantize_params: parameter '{}' has shape {}, site {} needs {} values", s.weight_name,
+                  shape_str(it->second.shape()), s.site.id(), numel(s.rhs_shape));
+    QuantizeOptions opts;
+    opts.name = s.weight_name;
+    out.weights.insert_or_assign(s.weight_name, quantize(TensorF(s.rhs_shape, it->second.vec()), weight_how(s.config, s.rhs_shape), opts));
+    if (s.config.act_qtype && s.config.act_static_scale) {
+      const auto st = stats.find(s.site.id());
+      if (st == stats.end() || st->second.hi.count() == 0)
+        throw_error(Status::kNotFound, "quantize_params: site {} uses a static activation scale but has no calibration statistics", s.site.id());
+      CalibratedRange range{st->second.lo.value(), st->second.hi.value(), st->second.symmetric};
+      if (range.symmetric)
+        for (std::int64_t i = 0; i < range.hi.size(); ++i) range.lo[i] = -range.hi[i];
+      out.act_scales.insert_or_assign(s.site.id(), compute_scale(range, *s.config.act_qtype));
+    }
+  }
+  return out;
+}
+
+// Installs quantized parameters on a model whose sites were discovered and resolved; returns
+// the report. The model is changed only if every site is ready.
+inline rules::QuantizationReport install_quantized(nn::Module& model, const std::vector<SiteInfo>& sites, QuantizedParams params) {
+  std::map<std::string, detail::PreparedSite> prepared;
+  rules::QuantizationReport report;
+  report.provider = "ptq";
+  for (const auto& s : sites) {
+    detail::PreparedSite p{s, std::nullopt, std::nullopt, "float"};
+    if (s.config.weight_qtype && s.weight) {
+      p.weight = std::move(params.weights.at(s.weight_name));
+      p.mode = !s.config.act_qtype ? "weight-only" : s.config.act_static_scale ? "static-range" : "dynamic-range";
+      if (s.config.act_static_scale) p.act_scale = params.act_scales.at(s.site.id());
+    } else if (s.config.weight_qtype) {
+      p.mode = "float";
+    }
+    report.sites.push_back(site_report(s, p.weight ? &*p.weight : nullptr, p.mode));
+    if (!s.weight && s.config.weight_qtype) report.sites.back().note = "product of two activations stays float";
+    prepared.emplace(s.site.id(), std::move(p));
+  }
+  model.install_interceptor(std::make_shared<detail::PtqInterceptor>(std::move(prepared)));
+  return report;
+}
+
+// Discovers the sites on batches[0], calibrates static-range sites on all batches, quantizes the
+// weights and installs the quantized computation. Batches may be a single sample batch when no
+// rule uses static scales.
+inline rules::QuantizationReport quantize_model(nn::Module& model, const PtqProvider& provider, const Batches& batches) {
+  if (batches.empty()) throw_error(Status::kInvalidArgument, "quantize_model: needs at least one sample batch to find the op sites");
+  // Discovery and calibration run their own interceptors on the float model; the model's own
+  // interceptor is replaced only at the end, so an error anywhere leaves the model as it was.
+  std::vector<SiteInfo> sites = discover_sites(model, batches.front());
+  const std::vector<int> unused = resolve_rules(sites, provider.rules());
+  const CalibrationStats stats = calibrate_model(model, sites, batches);
+  std::map<std::string, TensorF> fp;
+  for (auto& [name, p] : model.named_parameters()) fp.emplace(name, p->var.value());
+  rules::QuantizationReport report = install_quantized(model, sites, quantize_params(fp, sites, stats));
+  report.unused_rules = unused;
+  return report;
+}
+
+}  // namespace qforge::providers

@@ -1,0 +1,135 @@
+// What every provider shares: discovering a model's op sites with one forward pass, resolving
+// each site's rule (first full match wins), and how a site's operands are quantized — the
+// weight [N, K] channelwise on N with the rule's tile on K, the activation [M, K] per row (per
+// image for a convolution) with the same tile on K (qwix-semantics.md §2, op defaults).
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "qforge/core/qarray.hpp"
+#include "qforge/nn/nn.hpp"
+#include "qforge/rules/report.hpp"
+#include "qforge/rules/rule.hpp"
+
+namespace qforge::providers {
+
+using Batches = std::vector<TensorF>;
+
+// One op site as the discovery pass saw it.
+struct SiteInfo {
+  nn::OpSite site;
+  nn::SiteKind kind = nn::SiteKind::kDotGeneral;
+  nn::Module* module = nullptr;
+  nn::Parameter* weight = nullptr;  // null for a product of two activations
+  std::string weight_name;          // full parameter path
+  Shape lhs_shape, rhs_shape;
+  std::int64_t rows_per_scale_group = 1;
+  std::optional<int> rule_index;
+  rules::SiteConfig config;
+};
+
+namespace detail {
+class DiscoveryInterceptor : public nn::Interceptor {
+ public:
+  std::optional<nn::Var> intercept(nn::Context&, const nn::SiteCall& call) override {
+    const std::string id = call.site.id();
+    if (!seen_.count(id)) {
+      seen_[id] = sites_.size();
+      SiteInfo s;
+      s.site = call.site;
+      s.kind = call.kind;
+      s.module = call.module;
+      s.weight = call.weight;
+      if (call.weight) s.weight_name = call.module->path().empty() ? call.weight->name : call.module->path() + "." + call.weight->name;
+      s.lhs_shape = call.lhs.shape();
+      s.rhs_shape = call.rhs.shape();
+      s.rows_per_scale_group = call.rows_per_scale_group;
+      sites_.push_back(std::move(s));
+    }
+    return std::nullopt;
+  }
+  std::vector<SiteInfo> sites_;
+  std::map<std::string, std::size_t> seen_;
+};
+}  // namespace detail
+
+// Runs one float forward pass on `sample` and lists the op sites in execution order.
+inline std::vector<SiteInfo> discover_sites(nn::Module& model, const TensorF& sample) {
+  detail::DiscoveryInterceptor d;
+  nn::Context ctx(&d, false);
+  model.forward(ctx, nn::Var(sample));
+  return std::move(d.sites_);
+}
+
+// Matches rules to sites (first full match of module_path, op_names filter) and returns the
+// indices of rules that matched nothing.
+template <class Rule>
+std::vector<int> resolve_rules(std::vector<SiteInfo>& sites, const std::vector<Rule>& rule_list) {
+  for (std::size_t i = 0; i < rule_list.size(); ++i) rules::validate_rule(rule_list[i], i);
+  std::vector<bool> used(rule_list.size(), false);
+  for (auto& s : sites) {
+    s.rule_index = rules::first_match(rule_list, s.site.module_path, s.site.op_name);
+    if (s.rule_index) {
+      used[static_cast<std::size_t>(*s.rule_index)] = true;
+      s.config = rules::to_site_config(rule_list[static_cast<std::size_t>(*s.rule_index)], *s.rule_index);
+    }
+  }
+  std::vector<int> unused;
+  for (std::size_t i = 0; i < used.size(); ++i)
+    if (!used[i]) unused.push_back(static_cast<int>(i));
+  return unused;
+}
+
+// How the weight operand [N, K] (or [G, N, K]) is quantized.
+inline HowToQuantize weight_how(const rules::SiteConfig& c, const Shape& rhs_shape) {
+  HowToQuantize h;
+  h.qtype = *c.weight_qtype;
+  const int rank = static_cast<int>(rhs_shape.size());
+  for (int a = 0; a + 1 < rank; ++a) h.channelwise_axes.push_back(a);
+  if (c.tile_size) h.tiled_axes[rank - 1] = *c.tile_size;
+  h.calibration_method = c.weight_calibration_method;
+  return h;
+}
+
+// How the activation operand [M, K] (or [G, M, K]) is quantized dynamically: per row, or per
+// group of rows for a convolution (one scale per image), tiled on K like the weight.
+inline HowToQuantize act_how(const rules::SiteConfig& c, const Shape& lhs_shape, std::int64_t rows_per_group) {
+  HowToQuantize h;
+  h.qtype = *c.act_qtype;
+  const int rank = static_cast<int>(lhs_shape.size());
+  for (int a = 0; a + 2 < rank; ++a) h.channelwise_axes.push_back(a);
+  if (rows_per_group <= 1) h.channelwise_axes.push_back(rank - 2);
+  else h.tiled_axes[rank - 2] = rows_per_group;
+  if (c.tile_size) h.tiled_axes[rank - 1] = *c.tile_size;
+  h.calibration_method = c.act_calibration_method;
+  return h;
+}
+
+inline std::string qtype_name(const std::optional<QType>& t) { return t ? std::string(to_string(*t)) : std::string(); }
+
+// The report entry for a site whose weight was quantized to `q` (or left float when q is null).
+inline rules::SiteReport site_report(const SiteInfo& s, const QArray* q, std::string mode) {
+  rules::SiteReport r;
+  r.site = s.site.id();
+  r.module_path = s.site.module_path;
+  r.op_name = s.site.op_name;
+  r.weight = s.weight_name;
+  r.rule_index = s.rule_index.value_or(-1);
+  r.mode = std::move(mode);
+  r.act_qtype = qtype_name(s.config.act_qtype);
+  if (s.weight) r.bytes_before = r.bytes_after = static_cast<std::uint64_t>(s.weight->var.value().size()) * 4;
+  if (q) {
+    r.weight_qtype = std::string(to_string(q->qtype()));
+    r.weight_scale_shape = q->scale().shape();
+    const TensorF dq = dequantize(*q);
+    const TensorF& w = s.weight->var.value();
+    r.weight_error = analysis::compare(w.data(), dq.data(), w.size());
+    r.bytes_after = q->nbytes();
+  }
+  return r;
+}
+
+}  // namespace qforge::providers
