@@ -28,6 +28,7 @@ using namespace qforge;
 struct QuantizeArgs {
   std::string input, output, type = "q8_0", rules_path, method = "rtn", calib, report_path;
   std::int64_t group_size = -1;  // -1: the qtype's default
+  std::string calibration;        // empty: absmax, or minmax for unsigned qtypes
   bool dry_run = false;
   int threads = 0;
 };
@@ -38,12 +39,16 @@ struct Target {
   formats::GgmlType ggml = formats::GgmlType::kF32;
   QType qtype = QType::kInt8;
   std::int64_t group = 0;
+  std::string calibration = "absmax";
   std::string kept_as;  // for an already-quantized tensor that is kept: how OUT stores it
   std::string label() const {
     switch (kind) {
       case Kind::kKeep: return kept_as.empty() ? "float" : kept_as;
       case Kind::kGgml: return std::string(formats::ggml_traits(ggml).name);
-      default: return group > 0 ? fmt::format("{} g{}", to_string(qtype), group) : std::string(to_string(qtype));
+      default: {
+        std::string l = group > 0 ? fmt::format("{} g{}", to_string(qtype), group) : std::string(to_string(qtype));
+        return calibration == "absmax" ? l : l + " " + calibration;
+      }
     }
   }
 };
@@ -61,7 +66,22 @@ std::int64_t default_group(QType t) {
   return 0;                                                  // 8 bits and up: per row
 }
 
-Target parse_target(const std::string& text, formats::FileFormat out_format, std::int64_t group, const std::string& where) {
+// Calibration for a qtype: the one asked for, else absmax, or minmax (with zero points) for the
+// unsigned types, whose range cannot hold the negative half of a symmetric grid.
+std::string calibration_for(QType t, const std::string& asked, const std::string& where) {
+  const std::string method = !asked.empty() ? asked : (info(t).is_signed || !is_integer(t) ? "absmax" : "minmax");
+  try {
+    const CalibrationMethod m = parse_calibration_method(method);
+    if (!m.symmetric() && !has_asymmetric_range(t))
+      throw_error(Status::kInvalidArgument, "calibration '{}' is asymmetric but {} has no zero point", method, to_string(t));
+  } catch (const Error& e) {
+    throw_error(Status::kInvalidArgument, "{}: {}", where, e.what());
+  }
+  return method;
+}
+
+Target parse_target(const std::string& text, formats::FileFormat out_format, std::int64_t group, const std::string& calibration,
+                    const std::string& where) {
   Target t;
   if (text == "float" || text == "keep" || text == "none") return t;
   if (const auto g = formats::parse_ggml_type(text)) {
@@ -82,6 +102,7 @@ Target parse_target(const std::string& text, formats::FileFormat out_format, std
   t.kind = Target::Kind::kQType;
   t.qtype = *q;
   t.group = group >= 0 ? group : default_group(*q);
+  t.calibration = calibration_for(*q, calibration, where);
   return t;
 }
 
@@ -97,7 +118,7 @@ bool keeps_stored_bytes(const formats::CheckpointTensor& t, formats::FileFormat 
 
 std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, std::vector<cli::TensorRule>& rules,
                           formats::FileFormat out_format) {
-  const Target default_target = parse_target(a.type, out_format, a.group_size, "--type");
+  const Target default_target = parse_target(a.type, out_format, a.group_size, a.calibration, "--type");
   std::vector<Planned> out;
   for (const auto& t : in.tensors()) {
     Planned p;
@@ -106,7 +127,7 @@ std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, 
     for (auto& r : rules) {
       if (!std::regex_match(t.name, r.regex)) continue;
       ++r.hits;
-      p.target = parse_target(r.type, out_format, r.group_size.value_or(a.group_size),
+      p.target = parse_target(r.type, out_format, r.group_size.value_or(a.group_size), r.calibration.value_or(a.calibration),
                               fmt::format("{}:{}", a.rules_path, r.line));
       p.rule = fmt::format("rule line {} '{}'", r.line, r.match);
       decided = true;
@@ -163,8 +184,9 @@ std::uint64_t planned_bytes(const Planned& p, formats::FileFormat in_format, for
     case Target::Kind::kGgml: return static_cast<std::uint64_t>(row == 0 ? 0 : n / row * formats::ggml_row_bytes(p.target.ggml, row));
     default: {
       const std::int64_t cells = p.target.group > 0 ? n / p.target.group : (row == 0 ? 0 : n / row);
-      const bool zp = false;
-      return QArray::storage_bytes_for(p.target.qtype, n) + static_cast<std::uint64_t>(cells) * (4 + (zp ? 1 : 0));
+      const bool zp = !parse_calibration_method(p.target.calibration).symmetric();
+      const std::uint64_t zp_bytes = zp ? (info(p.target.qtype).storage_bits > 8 ? 2 : 1) : 0;
+      return QArray::storage_bytes_for(p.target.qtype, n) + static_cast<std::uint64_t>(cells) * (4 + zp_bytes);
     }
   }
 }
@@ -235,6 +257,7 @@ Result run_one(const formats::Checkpoint& in, const Planned& p, formats::FileFor
     case Target::Kind::kQType: {
       HowToQuantize how;
       how.qtype = p.target.qtype;
+      how.calibration_method = p.target.calibration;
       for (int a = 0; a + 1 < static_cast<int>(x.shape().size()); ++a) how.channelwise_axes.push_back(a);
       if (p.target.group > 0) how.tiled_axes[static_cast<int>(x.shape().size()) - 1] = p.target.group;
       QuantizeOptions opts;
@@ -396,14 +419,18 @@ void setup_quantize(CLI::App& root) {
                   "Type for tensors of rank >= 2: q4_0 q4_1 q8_0 f16 (GGUF) or a qtype int8 int4 nf4 fp8_e4m3 ... "
                   "(safetensors); default q8_0 / int8")
       ->capture_default_str();
-  cmd->add_option("--group-size", args.group_size, "Values per scale along each row for qtypes (0 = one per row)");
-  cmd->add_option("--rules", args.rules_path, "YAML/JSON list of {match, type, group_size}; first full match wins")
+  cmd->add_option("--group-size", args.group_size, "Values per scale along each row for qtypes (0 = one per row)")
+      ->check(CLI::Range(0, 1 << 30));
+  cmd->add_option("--calibration", args.calibration,
+                  "qtypes: absmax | minmax | absmax,F | rms,K | percentile,P | mse | fixed,A (default absmax; minmax for "
+                  "uint4/uint8)");
+  cmd->add_option("--rules", args.rules_path, "YAML/JSON list of {match, type, group_size, calibration}; first full match wins")
       ->check(CLI::ExistingFile);
   cmd->add_option("--method", args.method, "rtn (round to nearest)")->capture_default_str();
   cmd->add_option("--calib", args.calib, "Calibration statistics (safetensors) for gptq/qep/jointq");
   cmd->add_option("--report", args.report_path, "Write the per-tensor report as JSON");
   cmd->add_flag("--dry-run", args.dry_run, "Print which rule hits which tensor and the sizes; write nothing");
-  cmd->add_option("--threads", args.threads, "Worker threads (default: all cores)");
+  cmd->add_option("--threads", args.threads, "Worker threads (default: all cores)")->check(CLI::Range(0, 1 << 30));
   cmd->callback([] { run_quantize(args); });
 }
 

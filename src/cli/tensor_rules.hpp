@@ -3,6 +3,7 @@
 //   - match: "blk\\.0\\..*"      # regex, must match the whole tensor name
 //     type: q8_0                 # q4_0 | q4_1 | q8_0 | f16 | f32 | any qtype (int4, nf4, fp8_e4m3, ...)
 //     group_size: 64             # optional, qtypes only (0 = per row)
+//     calibration: minmax        # optional, qtypes only (absmax, minmax, percentile,99.9, mse, ...)
 //   - match: ".*norm.*"
 //     type: float                # keep the tensor as it is
 //
@@ -26,6 +27,7 @@ struct TensorRule {
   std::regex regex;
   std::string type;
   std::optional<std::int64_t> group_size;
+  std::optional<std::string> calibration;
   int line = 0;  // 1-based line in the rules file
   int hits = 0;
 };
@@ -53,13 +55,16 @@ inline std::vector<TensorRule> load_tensor_rules(const std::string& path) {
         if (key == "match") r.match = kv.second.as<std::string>();
         else if (key == "type") r.type = kv.second.as<std::string>();
         else if (key == "group_size") r.group_size = kv.second.as<std::int64_t>();
-        else throw_error(Status::kFormatError, "{}:{}: unknown field '{}' (expected match, type, group_size)", path, kline, key);
+        else if (key == "calibration") r.calibration = kv.second.as<std::string>();
+        else throw_error(Status::kFormatError, "{}:{}: unknown field '{}' (expected match, type, group_size, calibration)", path, kline, key);
       } catch (const YAML::Exception& e) {
         throw_error(Status::kFormatError, "{}:{}: field '{}': {}", path, kline, key, e.msg);
       }
     }
     if (r.match.empty()) throw_error(Status::kFormatError, "{}:{}: rule has no 'match'", path, line);
     if (r.type.empty()) throw_error(Status::kFormatError, "{}:{}: rule has no 'type'", path, line);
+    if (r.group_size && *r.group_size < 0)
+      throw_error(Status::kFormatError, "{}:{}: group_size {} must be >= 0 (0 = one scale per row)", path, line, *r.group_size);
     try {
       r.regex = std::regex(r.match);
     } catch (const std::regex_error& e) {

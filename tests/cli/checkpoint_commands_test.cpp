@@ -290,6 +290,45 @@ TEST(QuantizeCommand, HalfPrecisionToBothFormats) {
   }
 }
 
+// Unsigned qtypes default to minmax calibration with zero points (a symmetric grid would clamp
+// every negative weight to zero); --calibration and a rule's `calibration` choose another method;
+// the dry run's sizes equal what is written, zero points included. The stored codes are exactly
+// the library's quantize() with the same HowToQuantize.
+TEST(QuantizeCommand, CalibrationChoiceAndZeroPoints) {
+  ScratchDir dir;
+  const std::string in = write_model(dir, 2), out = dir / "u.safetensors", rules = dir / "r.yaml";
+  const auto dry = run_qforge("quantize " + in + " -o " + out + " --type uint4 --group-size 32 --dry-run");
+  ASSERT_EQ(dry.exit_code, 0) << dry.output;
+  EXPECT_NE(dry.output.find("uint4 g32 minmax"), std::string::npos) << dry.output;
+  // 128 x 128 codes in nibbles + 512 cells x (fp32 scale + 1-byte zero point) = 10752 bytes.
+  EXPECT_NE(dry.output.find("        65536        10752  default (rank >= 2)"), std::string::npos) << dry.output;
+  const auto r = run_qforge("quantize " + in + " -o " + out + " --type uint4 --group-size 32 --report " + (dir / "r.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const formats::SafetensorsFile s(out);
+  const QArray q = formats::load_qarray(s, "layers.0.weight");
+  ASSERT_TRUE(q.zero_point().has_value());
+  const TensorF x = formats::SafetensorsFile(in).to_float("layers.0.weight");
+  const QArray ref = quantize(x, {QType::kUInt4, {0}, {{1, std::int64_t{32}}}, "minmax"});
+  EXPECT_TRUE(std::equal(ref.storage().begin(), ref.storage().end(), q.storage().begin(), q.storage().end()));
+  EXPECT_EQ(*ref.zero_point(), *q.zero_point());
+  std::ifstream f(dir / "r.json");
+  const auto j = nlohmann::json::parse(f);
+  for (const auto& t : j["tensors"])
+    if (t["name"] == "layers.0.weight") {
+      EXPECT_EQ(t["bytes_after"], 128 * 128 / 2 + 128 * 4 * 5);
+      EXPECT_GT(t["error"]["sqnr_db"].get<double>(), 18.0);  // ~6 dB per bit of a 4-bit grid over the row range
+    }
+
+  testing::write_text(rules, "- match: 'layers\\.1\\.weight'\n  type: int4\n  calibration: percentile,99\n");
+  const auto pr = run_qforge("quantize " + in + " -o " + (dir / "p.safetensors") + " --type int8 --rules " + rules);
+  ASSERT_EQ(pr.exit_code, 0) << pr.output;
+  EXPECT_NE(pr.output.find("int4 g128 percentile,99"), std::string::npos) << pr.output;
+
+  const auto bad = run_qforge("quantize " + in + " -o " + (dir / "n.safetensors") + " --type nf4 --calibration minmax");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("--type: calibration 'minmax' is asymmetric but nf4 has no zero point"), std::string::npos) << bad.output;
+}
+
 // SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
 // The model is large enough (48 tensors of 512x512 to NF4) that the run is still going when the
 // signal lands; if it lands before the handler is installed the default action kills the process,
