@@ -19,6 +19,7 @@
 #include "qforge/analysis/metrics.hpp"
 #include "qforge/core/parallel.hpp"
 #include "qforge/formats/checkpoint.hpp"
+#include "qforge/rules/report.hpp"
 #include "tensor_rules.hpp"
 
 namespace {
@@ -57,6 +58,7 @@ struct Planned {
   const formats::CheckpointTensor* tensor = nullptr;
   Target target;
   std::string rule;  // which rule decided, for --dry-run and the report
+  int rule_index = -1;  // position of that rule in the rules file, -1 for a default
   std::string note;
 };
 
@@ -124,8 +126,10 @@ std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, 
     Planned p;
     p.tensor = &t;
     bool decided = false;
-    for (auto& r : rules) {
+    for (std::size_t ri = 0; ri < rules.size(); ++ri) {
+      auto& r = rules[ri];
       if (!std::regex_match(t.name, r.regex)) continue;
+      p.rule_index = static_cast<int>(ri);
       ++r.hits;
       p.target = parse_target(r.type, out_format, r.group_size.value_or(a.group_size), r.calibration.value_or(a.calibration),
                               fmt::format("{}:{}", a.rules_path, r.line));
@@ -314,22 +318,51 @@ void write_output(const formats::Checkpoint& in, const QuantizeArgs& a, const st
   w.write(a.output);
 }
 
+// The run as a QuantizationReport (include/qforge/rules/report.hpp, the type the providers fill),
+// one site per tensor, plus what only a file run has: paths, method, time, and per tensor its
+// shape, source type, output type and the rule in words.
 nlohmann::json report_json(const QuantizeArgs& a, const std::vector<Planned>& planned, const std::vector<Result>& results,
-                           double seconds) {
-  nlohmann::json tensors = nlohmann::json::array();
-  std::uint64_t before = 0, after = 0;
+                           const std::vector<cli::TensorRule>& rules, double seconds) {
+  rules::QuantizationReport report;
+  report.provider = "qforge quantize (" + a.method + ")";
   for (std::size_t i = 0; i < planned.size(); ++i) {
     const auto& p = planned[i];
-    before += p.tensor->nbytes;
-    after += results[i].out_bytes;
-    nlohmann::json t = {{"name", p.tensor->name}, {"shape", p.tensor->shape}, {"source_type", p.tensor->type},
-                        {"type", p.target.label()}, {"rule", p.rule}, {"bytes_before", p.tensor->nbytes},
-                        {"bytes_after", results[i].out_bytes}, {"error", results[i].error.to_json()}};
-    if (!p.note.empty()) t["note"] = p.note;
-    tensors.push_back(std::move(t));
+    const auto& r = results[i];
+    rules::SiteReport site;
+    site.site = p.tensor->name;
+    site.weight = p.tensor->name;
+    site.module_path = p.tensor->name.size() > 7 && p.tensor->name.ends_with(".weight")
+                           ? p.tensor->name.substr(0, p.tensor->name.size() - 7)
+                           : p.tensor->name;
+    site.rule_index = p.rule_index;
+    site.mode = p.target.kind == Target::Kind::kKeep ? "float" : "weight-only";
+    if (p.target.kind != Target::Kind::kKeep) site.weight_qtype = p.target.label();
+    if (r.qarray && p.target.kind == Target::Kind::kQType) site.weight_scale_shape = r.qarray->scale().shape();
+    if (p.target.kind == Target::Kind::kGgml && formats::ggml_traits(p.target.ggml).quantized) {
+      site.weight_scale_shape = p.tensor->shape;  // one scale per block along the row
+      site.weight_scale_shape.back() /= formats::ggml_traits(p.target.ggml).block_elems;
+    }
+    site.weight_error = r.error;
+    site.bytes_before = p.tensor->nbytes;
+    site.bytes_after = r.out_bytes;
+    site.note = p.note;
+    report.sites.push_back(std::move(site));
   }
-  return {{"input", a.input}, {"output", a.output}, {"method", a.method}, {"seconds", seconds},
-          {"bytes_before", before}, {"bytes_after", after}, {"tensors", tensors}};
+  for (std::size_t ri = 0; ri < rules.size(); ++ri)
+    if (rules[ri].hits == 0) report.unused_rules.push_back(static_cast<int>(ri));
+  nlohmann::json j = report.to_json();
+  for (std::size_t i = 0; i < planned.size(); ++i) {
+    auto& site = j["sites"][i];
+    site["shape"] = planned[i].tensor->shape;
+    site["source_type"] = planned[i].tensor->type;
+    site["type"] = planned[i].target.label();
+    site["rule"] = planned[i].rule;
+  }
+  j["input"] = a.input;
+  j["output"] = a.output;
+  j["method"] = a.method;
+  j["seconds"] = seconds;
+  return j;
 }
 
 void check_paths(const QuantizeArgs& a) {
@@ -404,7 +437,7 @@ void run_quantize(QuantizeArgs a) {
              cli::human_bytes(double(after)), after ? double(before) / double(after) : 0.0, seconds);
   if (!a.report_path.empty()) {
     formats::AtomicFile f(a.report_path);
-    const std::string text = report_json(a, planned, results, seconds).dump(2) + "\n";
+    const std::string text = report_json(a, planned, results, rules, seconds).dump(2) + "\n";
     f.write(text.data(), text.size());
     f.commit();
   }

@@ -57,22 +57,26 @@ TEST(QuantizeReport, MatchesTheWrittenFile) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::ifstream f(report);
   const auto j = nlohmann::json::parse(f);
-  ASSERT_EQ(j["tensors"].size(), 4u);
+  EXPECT_EQ(j["provider"], "qforge quantize (rtn)");
+  ASSERT_EQ(j["sites"].size(), 4u);
   const formats::Checkpoint a(in), b(out);
   std::uint64_t after = 0;
-  for (const auto& t : j["tensors"]) {
+  for (const auto& t : j["sites"]) {
     SCOPED_TRACE(t.dump());
-    const std::string name = t["name"];
+    const std::string name = t["site"];
     after += t["bytes_after"].get<std::uint64_t>();
     const TensorF x = a.to_float(name), y = b.to_float(name);
     const auto e = analysis::compare(x, y);
-    EXPECT_DOUBLE_EQ(t["error"]["mse"].get<double>(), e.mse);
+    EXPECT_DOUBLE_EQ(t["weight_error"]["mse"].get<double>(), e.mse);
     if (name.find("weight") != std::string::npos) {
-      EXPECT_EQ(t["type"], "Q8_0");
+      EXPECT_EQ(t["weight_qtype"], "Q8_0");
+      EXPECT_EQ(t["mode"], "weight-only");
+      EXPECT_EQ(t["weight_scale_shape"], nlohmann::json::array({128, 4}));  // one fp16 d per 32-block
       EXPECT_EQ(t["bytes_after"], 128 / 32 * 34 * 128);  // 34-byte blocks of 32 values
     } else {
       EXPECT_EQ(t["type"], "float");
-      EXPECT_EQ(t["error"]["mse"], 0.0);
+      EXPECT_EQ(t["mode"], "float");
+      EXPECT_EQ(t["weight_error"]["mse"], 0.0);
     }
   }
   EXPECT_EQ(j["bytes_after"], after);
@@ -242,8 +246,17 @@ TEST(QuantizeRules, JsonGroupSizeKeepAndErrors) {
   const std::string in = write_model(dir, 2), out = dir / "m.safetensors.q.safetensors", rules = dir / "r.json";
   testing::write_text(rules, R"([{"match": "layers\\.0\\.weight", "type": "int4", "group_size": 32},
  {"match": "layers\\.1\\.weight", "type": "keep"}])");
-  const auto r = run_qforge("quantize " + in + " -o " + out + " --type int8 --rules " + rules);
+  testing::write_text(rules, R"([{"match": "layers\\.0\\.weight", "type": "int4", "group_size": 32},
+ {"match": "layers\\.1\\.weight", "type": "keep"}, {"match": "nothing", "type": "int8"}])");
+  const auto r = run_qforge("quantize " + in + " -o " + out + " --type int8 --rules " + rules + " --report " + (dir / "r.json"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream report_file(dir / "r.json");
+  const auto j = nlohmann::json::parse(report_file);
+  EXPECT_EQ(j["unused_rules"], nlohmann::json::array({2}));
+  for (const auto& site : j["sites"]) {
+    const std::string name = site["site"];
+    EXPECT_EQ(site["rule_index"], name == "layers.0.weight" ? 0 : name == "layers.1.weight" ? 1 : -1) << name;
+  }
   const formats::SafetensorsFile s(out);
   const QArray q0 = formats::load_qarray(s, "layers.0.weight");
   EXPECT_EQ(q0.qtype(), QType::kInt4);
@@ -313,10 +326,11 @@ TEST(QuantizeCommand, CalibrationChoiceAndZeroPoints) {
   EXPECT_EQ(*ref.zero_point(), *q.zero_point());
   std::ifstream f(dir / "r.json");
   const auto j = nlohmann::json::parse(f);
-  for (const auto& t : j["tensors"])
-    if (t["name"] == "layers.0.weight") {
+  for (const auto& t : j["sites"])
+    if (t["site"] == "layers.0.weight") {
       EXPECT_EQ(t["bytes_after"], 128 * 128 / 2 + 128 * 4 * 5);
-      EXPECT_GT(t["error"]["sqnr_db"].get<double>(), 18.0);  // ~6 dB per bit of a 4-bit grid over the row range
+      EXPECT_GT(t["weight_error"]["sqnr_db"].get<double>(), 18.0);
+      EXPECT_EQ(t["weight_scale_shape"], nlohmann::json::array({128, 4}));  // ~6 dB per bit of a 4-bit grid over the row range
     }
 
   testing::write_text(rules, "- match: 'layers\\.1\\.weight'\n  type: int4\n  calibration: percentile,99\n");
