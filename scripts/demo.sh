@@ -6,11 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-scripts/fetch-digits.sh >/dev/null
+# The accuracy check needs the digits test set (from Debian's python3-sklearn package); without
+# it (no package mirror reachable) the demo still quantizes and measures every tensor's error.
+have_digits=1
+scripts/fetch-digits.sh >/dev/null || { have_digits=0; echo "demo: no digits test set; skipping the accuracy check" >&2; }
 
 build=build/release
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build" --target qforge_cli example_01_digits_mlp -j "$(nproc)"
+targets=(qforge_cli)
+((have_digits)) && targets+=(example_01_digits_mlp)
+cmake --build "$build" --target "${targets[@]}" -j "$(nproc)"
 qforge="$build/bin/qforge"
 evaluate="$build/examples/example_01_digits_mlp eval"
 out=build/demo
@@ -37,10 +42,12 @@ section "what each type costs, per tensor (error analysis, nothing written)"
 section "Q4_0 file against the original (per-tensor error table)"
 "$qforge" compare "$model" "$out/digits_mlp.q4_0.gguf"
 
-section "test accuracy on 359 held-out digits"
-$evaluate "$model"
-for f in "$out"/digits_mlp.q8_0.gguf "$out"/digits_mlp.q4_0.gguf "$out"/digits_mlp.int4.safetensors "$out"/digits_mlp.nf4.safetensors; do
-  $evaluate "$f"
-done
+if ((have_digits)); then
+  section "test accuracy on 359 held-out digits"
+  $evaluate "$model"
+  for f in "$out"/digits_mlp.q8_0.gguf "$out"/digits_mlp.q4_0.gguf "$out"/digits_mlp.int4.safetensors "$out"/digits_mlp.nf4.safetensors; do
+    $evaluate "$f"
+  done
+fi
 echo
 echo "files in $out/ (the JSON report of the Q8_0 run: $out/q8_0.report.json)"
