@@ -40,15 +40,11 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     // Each model is trained in float once; every row starts from a copy of it.
     const auto start = std::chrono::steady_clock::now();
-    std::unique_ptr<nn::Module> trained[2];
-    for (DigitsModel m : {DigitsModel::kMlp, DigitsModel::kCnn}) {
-      trained[static_cast<int>(m)] = data::make_digits_model(m);
-      data::train_float(*trained[static_cast<int>(m)], split.train, schedule.fp32_epochs, schedule.lr);
-    }
+    data::TrainedDigits trained = data::train_digits_models(split, schedule);
     for (const auto& row : rows) {
       double acc[2];
       for (DigitsModel m : {DigitsModel::kMlp, DigitsModel::kCnn})
-        acc[static_cast<int>(m)] = row.run(m, *trained[static_cast<int>(m)]);
+        acc[static_cast<int>(m)] = row.run(m, trained.model(m));
       std::printf("| %s | %s | %.2f | %.2f |\n", row.method.c_str(), row.setting.c_str(), 100 * acc[0], 100 * acc[1]);
       std::fflush(stdout);
     }

@@ -22,30 +22,23 @@ class DigitsPtq : public ::testing::Test {
     const auto path = data::default_digits_path(QFORGE_SOURCE_DIR);
     if (!std::filesystem::exists(path)) return;
     split_ = std::make_unique<data::DigitsSplit>(data::split_digits(data::load_digits(path), 0.2, data::kSplitSeed));
-    const auto s = data::short_schedule();
-    for (DigitsModel m : {DigitsModel::kMlp, DigitsModel::kCnn}) {
-      auto& model = trained_[static_cast<int>(m)];
-      model = data::make_digits_model(m);
-      data::train_float(*model, split_->train, s.fp32_epochs, s.lr);
-      fp32_[static_cast<int>(m)] = nn::accuracy(*model, split_->test);
-    }
+    trained_ = std::make_unique<data::TrainedDigits>(data::train_digits_models(*split_, data::short_schedule()));
   }
   static void TearDownTestSuite() {
     split_.reset();
-    for (auto& t : trained_) t.reset();
+    trained_.reset();
   }
   void SetUp() override {
     if (!split_) GTEST_SKIP() << data::default_digits_path(QFORGE_SOURCE_DIR) << " is missing: run scripts/fetch-digits.sh";
   }
-  static nn::Module& trained(DigitsModel m) { return *trained_[static_cast<int>(m)]; }
-  static double fp32(DigitsModel m) { return fp32_[static_cast<int>(m)]; }
+  static nn::Module& trained(DigitsModel m) { return trained_->model(m); }
+  static double fp32(DigitsModel m) { return trained_->fp32(m); }
   static double ptq(DigitsModel m, const std::vector<rules::QuantizationRule>& r, rules::QuantizationReport* rep = nullptr) {
     return data::ptq_accuracy(m, trained(m), r, *split_, rep);
   }
 
   static inline std::unique_ptr<data::DigitsSplit> split_;
-  static inline std::unique_ptr<nn::Module> trained_[2];
-  static inline double fp32_[2] = {0, 0};
+  static inline std::unique_ptr<data::TrainedDigits> trained_;
 };
 
 TEST_F(DigitsPtq, FloatModelsLearnTheDigits) {

@@ -12,6 +12,7 @@
 #include "qforge/nn/nn.hpp"
 #include "qforge/nn/zoo.hpp"
 #include "qforge/providers/ptq.hpp"
+#include "qforge/providers/qt.hpp"
 
 namespace qforge::data {
 
@@ -66,6 +67,25 @@ inline double train_float(nn::Module& model, const LabelledImages& train, int ep
   return nn::train_classifier(model, train, opt);
 }
 
+// Both models trained in float on one schedule: the starting point of every experiment.
+struct TrainedDigits {
+  std::unique_ptr<nn::Module> models[2];
+  double fp32_accuracy[2] = {0, 0};
+  nn::Module& model(DigitsModel m) { return *models[static_cast<int>(m)]; }
+  double fp32(DigitsModel m) const { return fp32_accuracy[static_cast<int>(m)]; }
+};
+
+inline TrainedDigits train_digits_models(const DigitsSplit& split, const Schedule& s) {
+  TrainedDigits t;
+  for (DigitsModel m : {DigitsModel::kMlp, DigitsModel::kCnn}) {
+    const int i = static_cast<int>(m);
+    t.models[i] = make_digits_model(m);
+    train_float(*t.models[i], split.train, s.fp32_epochs, s.lr);
+    t.fp32_accuracy[i] = nn::accuracy(*t.models[i], split.test);
+  }
+  return t;
+}
+
 // Calibration batches for static-range PTQ: the first `count` batches of `size` training images.
 inline providers::Batches calibration_batches(const LabelledImages& train, int count = 8, std::int64_t size = 64) {
   providers::Batches out;
@@ -106,6 +126,46 @@ inline std::vector<rules::QuantizationRule> tiled_rules(DigitsModel m, QType wei
   return out;
 }
 
+// The inference rules a QAT/QT rule deploys with: its QuantizationRule part.
+inline std::vector<rules::QuantizationRule> inference_rules(const std::vector<rules::QtRule>& qt) {
+  std::vector<rules::QuantizationRule> out;
+  for (const auto& r : qt) out.push_back(static_cast<const rules::QuantizationRule&>(r));
+  return out;
+}
+
+inline rules::QtRule qt_rule_all(QType weight, std::optional<QType> act, bool act_static = false,
+                                 std::optional<QType> bwd = std::nullopt) {
+  rules::QtRule r;
+  static_cast<rules::QuantizationRule&>(r) = rule_all(weight, act, std::nullopt, act_static);
+  r.bwd_qtype = bwd;
+  return r;
+}
+
+// Trains `model` (already holding its start weights) under QtProvider(rules), then deploys the
+// trained float weights with PtqProvider on the same rules, so the accuracy is the integer
+// model's, the one that would ship.
+inline double train_qt_and_deploy(DigitsModel m, nn::Module& model, const std::vector<rules::QtRule>& rule_list,
+                                  const DigitsSplit& split, int epochs, float lr, rules::QuantizationReport* report = nullptr) {
+  auto r = providers::quantize_model(model, providers::QtProvider(rule_list), {split.train.slice(0, 64).images});
+  if (report) *report = std::move(r);
+  train_float(model, split.train, epochs, lr);
+  return ptq_accuracy(m, model, inference_rules(rule_list), split);
+}
+
+// QAT: fine-tune a copy of the trained float model under fake quantization.
+inline double qat_accuracy(DigitsModel m, nn::Module& trained, const std::vector<rules::QtRule>& rule_list,
+                           const DigitsSplit& split, const Schedule& s, rules::QuantizationReport* report = nullptr) {
+  auto model = clone_digits_model(m, trained);
+  return train_qt_and_deploy(m, *model, rule_list, split, s.finetune_epochs, s.finetune_lr, report);
+}
+
+// QT: train a fresh model from the float model's initialisation, forward and backward quantized.
+inline double qt_from_scratch_accuracy(DigitsModel m, const std::vector<rules::QtRule>& rule_list, const DigitsSplit& split,
+                                       const Schedule& s, rules::QuantizationReport* report = nullptr) {
+  auto model = make_digits_model(m);
+  return train_qt_and_deploy(m, *model, rule_list, split, s.qt_epochs, s.lr, report);
+}
+
 // One row of the accuracy table: run(model kind, trained float model) -> test accuracy.
 struct Experiment {
   std::string method;
@@ -114,7 +174,6 @@ struct Experiment {
 };
 
 inline std::vector<Experiment> accuracy_rows(const DigitsSplit& split, const Schedule& schedule) {
-  (void)schedule;
   using Rules = std::vector<rules::QuantizationRule>;
   auto ptq = [&split](Rules r) {
     return [&split, r](DigitsModel m, nn::Module& trained) { return ptq_accuracy(m, trained, r, split); };
@@ -128,6 +187,15 @@ inline std::vector<Experiment> accuracy_rows(const DigitsSplit& split, const Sch
                   }});
   rows.push_back({"PTQ", "w4a4 static-range (absmax, 8 batches)", ptq({rule_all(QType::kInt4, QType::kInt4, std::nullopt, true)})});
   rows.push_back({"PTQ", "w2a8 dynamic, per-channel", ptq({rule_all(QType::kInt2, QType::kInt8)})});
+  using QtRules = std::vector<rules::QtRule>;
+  auto qat = [&split, schedule](QtRules r) {
+    return [&split, schedule, r](DigitsModel m, nn::Module& trained) { return qat_accuracy(m, trained, r, split, schedule); };
+  };
+  rows.push_back({"QAT", "w4a4 static-range, fine-tuned", qat({qt_rule_all(QType::kInt4, QType::kInt4, true)})});
+  rows.push_back({"QAT", "w2a8 dynamic, fine-tuned", qat({qt_rule_all(QType::kInt2, QType::kInt8)})});
+  rows.push_back({"QT", "w8a8, int8 backward, from scratch", [&split, schedule](DigitsModel m, nn::Module&) {
+                    return qt_from_scratch_accuracy(m, {qt_rule_all(QType::kInt8, QType::kInt8, false, QType::kInt8)}, split, schedule);
+                  }});
   return rows;
 }
 
