@@ -343,6 +343,27 @@ TEST(QuantizeCommand, CalibrationChoiceAndZeroPoints) {
   EXPECT_NE(bad.output.find("--type: calibration 'minmax' is asymmetric but nf4 has no zero point"), std::string::npos) << bad.output;
 }
 
+// Progress: one plain line per tensor when stderr is not a terminal; on a terminal (a pty from
+// util-linux `script`) a bar redrawn in place with the elapsed time and an ETA.
+TEST(Progress, PlainLinesOffATerminalAndABarOnOne) {
+  ScratchDir dir;
+  const std::string in = write_model(dir, 2), out = dir / "p.gguf";
+  const auto plain = run_qforge("quantize " + in + " -o " + out + " --type q8_0 --threads 1");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  EXPECT_NE(plain.output.find("[1/4] quantize layers.0.bias -> float\n"), std::string::npos) << plain.output;
+  EXPECT_EQ(plain.output.find("ETA"), std::string::npos) << plain.output;
+  if (std::system("command -v script >/dev/null 2>&1") != 0) GTEST_SKIP() << "util-linux 'script' is not installed";
+  const std::string bin = std::string(QFORGE_BINARY_DIR) + "/bin/qforge";
+  const std::string log = dir / "tty.log";
+  const std::string cmd = "script -qec '" + bin + " quantize " + in + " -o " + (dir / "t.gguf") + " --type q8_0 >/dev/null' /dev/null > " + log;
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  std::ifstream f(log);
+  const std::string tty((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_NE(tty.find("\rquantize [##############################] 4/4"), std::string::npos) << tty;
+  EXPECT_NE(tty.find("ETA"), std::string::npos) << tty;
+  EXPECT_EQ(tty.find("[1/4] quantize"), std::string::npos) << tty;
+}
+
 // SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
 // The model is large enough (48 tensors of 512x512 to NF4) that the run is still going when the
 // signal lands; if it lands before the handler is installed the default action kills the process,
