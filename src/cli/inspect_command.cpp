@@ -7,6 +7,18 @@
 
 namespace {
 
+// How a quantized tensor is scaled: GGML's blocks, or the scale shape (and zero points) of
+// qforge's layout, read from the safetensors header alone.
+std::string scales_of(const qforge::formats::Checkpoint& ckpt, const qforge::formats::CheckpointTensor& t) {
+  using namespace qforge;
+  if (!t.quantized) return "";
+  if (const auto* g = ckpt.gguf()) return fmt::format("blocks of {}", formats::ggml_traits(g->at(t.name).type).block_elems);
+  const auto* st = ckpt.safetensors();
+  const auto* scale = st->find(t.name + ".scale");
+  if (!scale) return "";
+  return fmt::format("{}{}", shape_str(scale->shape), st->find(t.name + ".zero_point") ? " + zero points" : "");
+}
+
 void run_inspect(const std::string& path, bool show_metadata) {
   using namespace qforge;
   const formats::Checkpoint ckpt(path);
@@ -20,12 +32,14 @@ void run_inspect(const std::string& path, bool show_metadata) {
   }
   std::size_t width = 6;
   for (const auto& t : ckpt.tensors()) width = std::max(width, t.name.size());
-  fmt::print("{:<{}}  {:<9} {:<20} {:>12} {:>14}\n", "tensor", width, "type", "shape", "elements", "bytes");
+  fmt::print("{:<{}}  {:<9} {:<20} {:>12} {:>14}  {}\n", "tensor", width, "type", "shape", "elements", "bytes", "scales");
   std::uint64_t total = 0;
   std::int64_t elements = 0;
   for (const auto& t : ckpt.tensors()) {
-    fmt::print("{:<{}}  {:<9} {:<20} {:>12} {:>14}\n", t.name, width, t.type, shape_str(t.shape), numel(t.shape),
-               t.nbytes);
+    std::string line = fmt::format("{:<{}}  {:<9} {:<20} {:>12} {:>14}  {}", t.name, width, t.type, shape_str(t.shape),
+                                   numel(t.shape), t.nbytes, scales_of(ckpt, t));
+    line.erase(line.find_last_not_of(' ') + 1);
+    fmt::print("{}\n", line);
     total += t.nbytes;
     elements += numel(t.shape);
   }

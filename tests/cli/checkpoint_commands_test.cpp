@@ -91,7 +91,9 @@ TEST(InspectCommand, GgufTypesShapesAndMetadata) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("GGUF v3"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("general.file_type = 2"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("layers.0.weight  Q4_0      [128, 128]"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("layers.0.weight  Q4_0      [128, 128]                  16384           9216  blocks of 32\n"),
+            std::string::npos)
+      << r.output;
   EXPECT_NE(r.output.find("layers.0.bias    F32       [128]"), std::string::npos) << r.output;
 }
 
@@ -324,6 +326,10 @@ TEST(QuantizeCommand, CalibrationChoiceAndZeroPoints) {
   const QArray ref = quantize(x, {QType::kUInt4, {0}, {{1, std::int64_t{32}}}, "minmax"});
   EXPECT_TRUE(std::equal(ref.storage().begin(), ref.storage().end(), q.storage().begin(), q.storage().end()));
   EXPECT_EQ(*ref.zero_point(), *q.zero_point());
+  const auto shown = run_qforge("inspect " + out + " --no-metadata");
+  EXPECT_NE(shown.output.find("uint4     [128, 128]                  16384          10752  [128, 4] + zero points\n"),
+            std::string::npos)
+      << shown.output;
   std::ifstream f(dir / "r.json");
   const auto j = nlohmann::json::parse(f);
   for (const auto& t : j["sites"])
