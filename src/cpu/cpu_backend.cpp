@@ -1,10 +1,22 @@
-// The CPU backend: oneDNN for float and int8 matrix products; our own kernels (added per ISA in
-// this folder) where oneDNN has no equivalent.
+// The CPU backend: oneDNN for float and int8 matrix products; our own kernels (kernels_*.cpp, one
+// translation unit per ISA, chosen at run time from active_isa()) for row quantization, 4-bit
+// weights, ggml block formats and NF4, where oneDNN has no equivalent.
+//
+// Determinism: work is cut into fixed-size chunks of output rows whose boundaries do not depend
+// on the thread count, and every output element is reduced by one thread in one order, so results
+// are bit-identical for any QFORGE_THREADS / set_num_threads().
+#include <cmath>
+#include <cstring>
 #include <memory>
 #include <vector>
 
+#include "kernels.hpp"
 #include "qforge/backend/cpu.hpp"
+#include "qforge/backend/cpu_features.hpp"
 #include "qforge/backend/reference.hpp"
+#include "qforge/backend/threads.hpp"
+#include "qforge/core/parallel.hpp"
+#include "qforge/formats/gguf_blocks.hpp"
 
 #if defined(QFORGE_HAS_ONEDNN)
 #include <dnnl.h>
@@ -13,18 +25,66 @@
 namespace qforge::backend {
 namespace {
 
+static_assert(sizeof(cpu::Q4_0Block) == sizeof(formats::BlockQ4_0) && sizeof(cpu::Q4_1Block) == sizeof(formats::BlockQ4_1) &&
+              sizeof(cpu::Q8_0Block) == sizeof(formats::BlockQ8_0) && sizeof(cpu::Q8_1Block) == sizeof(formats::BlockQ8_1));
+
+const cpu::KernelSet& kernels() {
+  CpuIsa isa = CpuIsa::kScalar;
+  try {
+    isa = active_isa();
+  } catch (const Error&) {
+    // registry's run() has already reported a malformed QFORGE_MAX_CPU_ISA; stay safe here.
+  }
+  switch (isa) {
+    case CpuIsa::kAvx512: return cpu::avx512_kernels();
+    case CpuIsa::kAvx2: return cpu::avx2_kernels();
+    case CpuIsa::kScalar: break;
+  }
+  return cpu::scalar_kernels();
+}
+
+// Runs fn(begin, end) over [0, n) in chunks of `chunk` items. Chunk boundaries depend only on n
+// and chunk; small jobs (fewer than two chunks) stay on the calling thread.
+template <class F>
+void for_chunks(std::int64_t n, std::int64_t chunk, F&& fn) {
+  const std::int64_t chunks = (n + chunk - 1) / chunk;
+  const int threads = chunks < 2 ? 1 : num_threads();
+  parallel_for_each(chunks, threads, [&](std::int64_t c) { fn(c * chunk, std::min(n, (c + 1) * chunk)); });
+}
+
+// Rows per chunk so that each chunk carries roughly `bytes_per_chunk` of work.
+std::int64_t rows_per_chunk(std::int64_t bytes_per_row, std::int64_t bytes_per_chunk = 1 << 18) {
+  return std::max<std::int64_t>(1, bytes_per_chunk / std::max<std::int64_t>(1, bytes_per_row));
+}
+
+// One group: s = absmax / qmax, codes = clamp(rne(x / s)).
+float quantize_group(const cpu::KernelSet& ks, const float* x, std::int64_t n, int qmax, std::int8_t* q) {
+  const float s = ks.absmax(x, n) / static_cast<float>(qmax);
+  ks.quantize_s8(x, n, s != 0.0f ? 1.0f / s : 0.0f, qmax, q);
+  return s;
+}
+
+// Quantizes each row of a[M, K] to int8 per row (activations of the W8A8/W4A8 products).
+void quantize_activations(const cpu::KernelSet& ks, const float* a, std::int64_t lda, std::int64_t M, std::int64_t K,
+                          std::int8_t* qa, float* sa) {
+  for_chunks(M, rows_per_chunk(K * 4), [&](std::int64_t m0, std::int64_t m1) {
+    for (std::int64_t m = m0; m < m1; ++m) sa[m] = quantize_group(ks, a + m * lda, K, 127, qa + m * K);
+  });
+}
+
 class CpuBackend final : public Backend {
  public:
   std::string_view name() const override { return "cpu"; }
   DeviceKind device_kind() const override { return DeviceKind::kCpu; }
 
   Support supports(const Op& op) const override {
-#if defined(QFORGE_HAS_ONEDNN)
     if (const auto* q = std::get_if<QuantizedMatmulOp>(&op)) return supports_quantized(*q);
-    return Support::yes();
-#else
-    return Support::no("built without oneDNN");
+#if !defined(QFORGE_HAS_ONEDNN)
+    if (std::holds_alternative<GemmF32Op>(op) || std::holds_alternative<SyrkOp>(op) ||
+        std::holds_alternative<GemmS8S8S32Op>(op) || std::holds_alternative<GptqBlockUpdateOp>(op))
+      return Support::no("float and raw int8 GEMM need oneDNN (built without it)");
 #endif
+    return Support::yes();
   }
 
   Status run(const Op& op) override {
@@ -32,24 +92,34 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  static Support supports_quantized([[maybe_unused]] const QuantizedMatmulOp& o) {
 #if defined(QFORGE_HAS_ONEDNN)
-  static Status status_of(dnnl_status_t s) { return s == dnnl_success ? Status::kSuccess : Status::kInternal; }
-  static Status run_op(const GemmF32Op& o) {
-    return status_of(dnnl_sgemm('N', 'T', o.M, o.N, o.K, 1.0f, o.a, o.lda, o.b, o.ldb,
-                                o.accumulate ? 1.0f : 0.0f, o.dst, o.ldd));
-  }
-  static Status run_op(const SyrkOp& o) {
-    return status_of(dnnl_sgemm('T', 'N', o.K, o.K, o.T, o.alpha, o.x, o.ldx, o.x, o.ldx, 1.0f, o.h, o.K));
-  }
-  // oneDNN's s8s8s32 GEMM covers int8 x int8 with one scale per row of each operand; tiles along
-  // K and zero points stay with the reference backend.
-  static Support supports_quantized(const QuantizedMatmulOp& o) {
+    // oneDNN's s8s8s32 GEMM covers int8 x int8 with one scale per row of each operand; tiles
+    // along K and zero points stay with the reference backend.
     for (const QArray* q : {o.a, o.b}) {
       if (q->qtype() != QType::kInt8) return Support::no("quantized_matmul: only int8 x int8");
       if (q->zero_point()) return Support::no("quantized_matmul: zero points");
       if (q->shape().size() != 2 || q->scale().shape()[1] != 1) return Support::no("quantized_matmul: tiles along K");
     }
     return Support::yes();
+#else
+    return Support::no("quantized_matmul needs oneDNN (built without it)");
+#endif
+  }
+
+#if defined(QFORGE_HAS_ONEDNN)
+  static Status status_of(dnnl_status_t s) { return s == dnnl_success ? Status::kSuccess : Status::kInternal; }
+  static Status run_op(const GemmF32Op& o) {
+    return status_of(dnnl_sgemm('N', 'T', o.M, o.N, o.K, 1.0f, o.a, o.lda, o.b, o.ldb, o.accumulate ? 1.0f : 0.0f,
+                                o.dst, o.ldd));
+  }
+  static Status run_op(const SyrkOp& o) {
+    return status_of(dnnl_sgemm('T', 'N', o.K, o.K, o.T, o.alpha, o.x, o.ldx, o.x, o.ldx, 1.0f, o.h, o.K));
+  }
+  static Status run_op(const GemmS8S8S32Op& o) {
+    const std::int32_t zero = 0;
+    return status_of(
+        dnnl_gemm_s8s8s32('N', 'T', 'F', o.M, o.N, o.K, 1.0f, o.a, o.K, 0, o.b, o.K, 0, 0.0f, o.dst, o.N, &zero));
   }
   static Status run_op(const QuantizedMatmulOp& o) {
     const std::int64_t M = o.a->shape()[0], N = o.b->shape()[0], K = o.a->shape()[1];
@@ -63,20 +133,220 @@ class CpuBackend final : public Backend {
     for (std::int64_t m = 0; m < M; ++m)
       for (std::int64_t n = 0; n < N; ++n) {
         // Same order of operations as the reference: exact integer, then double products.
-        const double v = static_cast<double>(acc[static_cast<std::size_t>(m * N + n)]) * sa[per_row_a ? m : 0] * sb[per_row_b ? n : 0];
+        const double v =
+            static_cast<double>(acc[static_cast<std::size_t>(m * N + n)]) * sa[per_row_a ? m : 0] * sb[per_row_b ? n : 0];
         o.dst[m * N + n] = static_cast<float>(v);
       }
     return Status::kSuccess;
   }
-  static Status run_op(const GemmS8S8S32Op& o) {
-    const std::int32_t zero = 0;
-    return status_of(dnnl_gemm_s8s8s32('N', 'T', 'F', o.M, o.N, o.K, 1.0f, o.a, o.K, 0, o.b, o.K, 0, 0.0f,
-                                       o.dst, o.N, &zero));
+  static Status run_op(const GptqBlockUpdateOp& o) {
+    return status_of(dnnl_sgemm('N', 'N', o.rows, o.cols, o.B, -1.0f, o.err, o.lde, o.hinv, o.ldh, 1.0f, o.w, o.ldw));
   }
 #else
   template <class O>
-  static Status run_op(const O&) { return Status::kUnsupported; }
+  static Status run_op(const O&) requires(std::is_same_v<O, GemmF32Op> || std::is_same_v<O, SyrkOp> ||
+                                          std::is_same_v<O, GemmS8S8S32Op> || std::is_same_v<O, QuantizedMatmulOp> ||
+                                          std::is_same_v<O, GptqBlockUpdateOp>) {
+    return Status::kUnsupported;
+  }
 #endif
+
+  // ---- row quantization ------------------------------------------------------------------------
+  static Status run_op(const QuantizeRowsOp& o) {
+    const cpu::KernelSet& ks = kernels();
+    const int qmax = row_format_qmax(o.format);
+    const std::int64_t groups = o.cols / o.group, row_bytes = row_format_bytes(o.format, o.cols);
+    for_chunks(o.rows, rows_per_chunk(o.cols * 4), [&](std::int64_t r0, std::int64_t r1) {
+      std::vector<std::int8_t> q(static_cast<std::size_t>(o.cols));
+      for (std::int64_t r = r0; r < r1; ++r) {
+        auto* out = static_cast<std::uint8_t*>(o.codes) + r * row_bytes;
+        std::int8_t* dst = o.format == RowFormat::kInt8 ? reinterpret_cast<std::int8_t*>(out) : q.data();
+        for (std::int64_t g = 0; g < groups; ++g)
+          o.scales[r * groups + g] = quantize_group(ks, o.x + r * o.ldx + g * o.group, o.group, qmax, dst + g * o.group);
+        if (o.format == RowFormat::kInt4)
+          for (std::int64_t i = 0; i < o.cols / 2; ++i)
+            out[i] = static_cast<std::uint8_t>((q[2 * i] & 0x0F) | ((q[2 * i + 1] & 0x0F) << 4));
+      }
+    });
+    return Status::kSuccess;
+  }
+  static Status run_op(const DequantizeRowsOp& o) {
+    const cpu::KernelSet& ks = kernels();
+    const std::int64_t groups = o.cols / o.group, row_bytes = row_format_bytes(o.format, o.cols);
+    for_chunks(o.rows, rows_per_chunk(o.cols * 4), [&](std::int64_t r0, std::int64_t r1) {
+      std::vector<std::int8_t> q(static_cast<std::size_t>(o.cols));
+      for (std::int64_t r = r0; r < r1; ++r) {
+        const auto* row = static_cast<const std::uint8_t*>(o.codes) + r * row_bytes;
+        const std::int8_t* codes = reinterpret_cast<const std::int8_t*>(row);
+        if (o.format == RowFormat::kInt4) {
+          ks.unpack_s4(row, o.cols, q.data());
+          codes = q.data();
+        }
+        float* y = o.y + r * o.ldy;
+        for (std::int64_t c = 0; c < o.cols; ++c) y[c] = o.scales[r * groups + c / o.group] * static_cast<float>(codes[c]);
+      }
+    });
+    return Status::kSuccess;
+  }
+
+  // ---- quantized GEMMs ---------------------------------------------------------------------------
+  // Integer products through oneDNN are exact, so these paths give the reference's bits.
+  static Status run_op(const GemmW8A8Op& o) {
+    const cpu::KernelSet& ks = kernels();
+    std::vector<std::int8_t> qa(static_cast<std::size_t>(o.M * o.K));
+    std::vector<float> sa(static_cast<std::size_t>(o.M));
+    quantize_activations(ks, o.a, o.lda, o.M, o.K, qa.data(), sa.data());
+    std::vector<std::int32_t> acc(static_cast<std::size_t>(o.M * o.N));
+#if defined(QFORGE_HAS_ONEDNN)
+    if (Status s = run_op(GemmS8S8S32Op{o.M, o.N, o.K, qa.data(), o.w, acc.data()}); s != Status::kSuccess) return s;
+#else
+    for_chunks(o.N, rows_per_chunk(o.K * o.M), [&](std::int64_t n0, std::int64_t n1) {
+      for (std::int64_t n = n0; n < n1; ++n)
+        for (std::int64_t m = 0; m < o.M; ++m) acc[m * o.N + n] = ks.dot_s8(qa.data() + m * o.K, o.w + n * o.K, o.K);
+    });
+#endif
+    for (std::int64_t m = 0; m < o.M; ++m)
+      for (std::int64_t n = 0; n < o.N; ++n)
+        o.dst[m * o.ldd + n] = (static_cast<float>(acc[static_cast<std::size_t>(m * o.N + n)]) * sa[m]) * o.w_scales[n];
+    return Status::kSuccess;
+  }
+
+  static Status run_op(const GemmW4A8Op& o) {
+    const cpu::KernelSet& ks = kernels();
+    std::vector<std::int8_t> qa(static_cast<std::size_t>(o.M * o.K));
+    std::vector<float> sa(static_cast<std::size_t>(o.M));
+    quantize_activations(ks, o.a, o.lda, o.M, o.K, qa.data(), sa.data());
+    const std::int64_t groups = o.K / o.group;
+#if defined(QFORGE_HAS_ONEDNN)
+    if (o.M >= 16) return w4a8_by_groups(ks, o, qa, sa);
+#endif
+    for_chunks(o.N, rows_per_chunk(o.K / 2), [&](std::int64_t n0, std::int64_t n1) {
+      std::vector<std::int8_t> wq(static_cast<std::size_t>(o.K));
+      for (std::int64_t n = n0; n < n1; ++n) {
+        ks.unpack_s4(o.w + n * (o.K / 2), o.K, wq.data());
+        for (std::int64_t m = 0; m < o.M; ++m) {
+          float acc = 0.0f;
+          for (std::int64_t g = 0; g < groups; ++g)
+            acc = std::fma(static_cast<float>(ks.dot_s8(qa.data() + m * o.K + g * o.group, wq.data() + g * o.group, o.group)),
+                           o.w_scales[n * groups + g], acc);
+          o.dst[m * o.ldd + n] = acc * sa[static_cast<std::size_t>(m)];
+        }
+      }
+    });
+    return Status::kSuccess;
+  }
+
+#if defined(QFORGE_HAS_ONEDNN)
+  // Large M: unpack the weights to int8 once, run one oneDNN int8 GEMM per K group (exact int32),
+  // and fold the groups in order with the reference's fused multiply-adds.
+  static Status w4a8_by_groups(const cpu::KernelSet& ks, const GemmW4A8Op& o, const std::vector<std::int8_t>& qa,
+                               const std::vector<float>& sa) {
+    const std::int64_t groups = o.K / o.group;
+    std::vector<std::int8_t> wq(static_cast<std::size_t>(o.N * o.K));
+    for_chunks(o.N, rows_per_chunk(o.K), [&](std::int64_t n0, std::int64_t n1) {
+      for (std::int64_t n = n0; n < n1; ++n) ks.unpack_s4(o.w + n * (o.K / 2), o.K, wq.data() + n * o.K);
+    });
+    std::vector<std::int32_t> part(static_cast<std::size_t>(o.M * o.N));
+    std::vector<float> acc(static_cast<std::size_t>(o.M * o.N), 0.0f);
+    const std::int32_t zero = 0;
+    for (std::int64_t g = 0; g < groups; ++g) {
+      const dnnl_status_t s = dnnl_gemm_s8s8s32('N', 'T', 'F', o.M, o.N, o.group, 1.0f, qa.data() + g * o.group, o.K, 0,
+                                                wq.data() + g * o.group, o.K, 0, 0.0f, part.data(), o.N, &zero);
+      if (s != dnnl_success) return Status::kInternal;
+      for_chunks(o.M, 8, [&](std::int64_t m0, std::int64_t m1) {
+        for (std::int64_t m = m0; m < m1; ++m)
+          for (std::int64_t n = 0; n < o.N; ++n) {
+            const std::size_t i = static_cast<std::size_t>(m * o.N + n);
+            acc[i] = std::fma(static_cast<float>(part[i]), o.w_scales[n * groups + g], acc[i]);
+          }
+      });
+    }
+    for (std::int64_t m = 0; m < o.M; ++m)
+      for (std::int64_t n = 0; n < o.N; ++n)
+        o.dst[m * o.ldd + n] = acc[static_cast<std::size_t>(m * o.N + n)] * sa[static_cast<std::size_t>(m)];
+    return Status::kSuccess;
+  }
+#endif
+
+  // Fused dequantize-GEMV per weight row; the float weights never reach memory.
+  static Status run_op(const GemmW4A16Op& o) {
+    const cpu::KernelSet& ks = kernels();
+    const std::int64_t groups = o.K / o.group;
+    for_chunks(o.N, rows_per_chunk(o.K / 2 * o.M), [&](std::int64_t n0, std::int64_t n1) {
+      for (std::int64_t n = n0; n < n1; ++n)
+        for (std::int64_t m = 0; m < o.M; ++m)
+          o.dst[m * o.ldd + n] = ks.dot_w4_f32(o.w + n * (o.K / 2), o.w_scales + n * groups, o.group, o.a + m * o.lda, o.K);
+    });
+    return Status::kSuccess;
+  }
+
+  // ---- GGUF blocks -------------------------------------------------------------------------------
+  static Status run_op(const EncodeBlocksOp& o) {
+    const cpu::KernelSet& ks = kernels();
+    const std::int64_t row_bytes = formats::ggml_row_bytes(o.type, o.cols);
+    auto encode = [&](const float* x, void* dst, std::int64_t n) {
+      switch (o.type) {
+        case formats::GgmlType::kQ8_0: ks.encode_q8_0(x, dst, n); break;
+        case formats::GgmlType::kQ4_0: ks.encode_q4_0(x, dst, n); break;
+        case formats::GgmlType::kQ4_1: ks.encode_q4_1(x, dst, n); break;
+        default: formats::encode_row(o.type, x, dst, n);
+      }
+    };
+    // Long rows are split at block boundaries so that a single row also uses every thread.
+    const std::int64_t blocks_per_row = o.cols / 32, block_bytes = row_bytes / std::max<std::int64_t>(1, blocks_per_row);
+    const std::int64_t chunk = 8192;  // blocks
+    for_chunks(o.rows * blocks_per_row, chunk, [&](std::int64_t b0, std::int64_t b1) {
+      while (b0 < b1) {
+        const std::int64_t r = b0 / blocks_per_row, in_row = b0 % blocks_per_row;
+        const std::int64_t count = std::min(b1 - b0, blocks_per_row - in_row);
+        encode(o.x + r * o.ldx + in_row * 32, static_cast<std::uint8_t*>(o.dst) + r * row_bytes + in_row * block_bytes,
+               count * 32);
+        b0 += count;
+      }
+    });
+    return Status::kSuccess;
+  }
+  using VecDot = float (*)(std::int64_t, const void*, const void*);
+  static VecDot vec_dot_for(const cpu::KernelSet& ks, formats::GgmlType t) {
+    if (t == formats::GgmlType::kQ4_0) return ks.vec_dot_q4_0_q8_0;
+    if (t == formats::GgmlType::kQ4_1) return ks.vec_dot_q4_1_q8_1;
+    return ks.vec_dot_q8_0_q8_0;
+  }
+  static Status run_op(const GemvBlocksOp& o) {
+    const VecDot dot = vec_dot_for(kernels(), o.weight_type);
+    const std::int64_t row_bytes = formats::ggml_row_bytes(o.weight_type, o.K);
+    for_chunks(o.N, rows_per_chunk(row_bytes), [&](std::int64_t n0, std::int64_t n1) {
+      for (std::int64_t n = n0; n < n1; ++n) o.y[n] = dot(o.K, static_cast<const std::uint8_t*>(o.w) + n * row_bytes, o.x);
+    });
+    return Status::kSuccess;
+  }
+  static Status run_op(const GemmBlocksOp& o) {
+    const cpu::KernelSet& ks = kernels();
+    const VecDot dot = vec_dot_for(ks, o.weight_type);
+    const formats::GgmlType at = ReferenceBackend::activation_type(o.weight_type);
+    const std::int64_t xbytes = formats::ggml_row_bytes(at, o.K), row_bytes = formats::ggml_row_bytes(o.weight_type, o.K);
+    std::vector<std::uint8_t> xq(static_cast<std::size_t>(xbytes * o.M));
+    for (std::int64_t m = 0; m < o.M; ++m) {
+      if (at == formats::GgmlType::kQ8_0)
+        ks.encode_q8_0(o.a + m * o.lda, xq.data() + m * xbytes, o.K);
+      else
+        formats::encode_row(at, o.a + m * o.lda, xq.data() + m * xbytes, o.K);
+    }
+    for_chunks(o.N, rows_per_chunk(row_bytes * o.M), [&](std::int64_t n0, std::int64_t n1) {
+      for (std::int64_t n = n0; n < n1; ++n)
+        for (std::int64_t m = 0; m < o.M; ++m)
+          o.dst[m * o.ldd + n] = dot(o.K, static_cast<const std::uint8_t*>(o.w) + n * row_bytes, xq.data() + m * xbytes);
+    });
+    return Status::kSuccess;
+  }
+  static Status run_op(const GemvNf4Op& o) {
+    const cpu::KernelSet& ks = kernels();
+    for_chunks(o.N, rows_per_chunk(o.K / 2), [&](std::int64_t n0, std::int64_t n1) {
+      for (std::int64_t n = n0; n < n1; ++n)
+        o.y[n] = ks.dot_nf4(o.codes + n * o.K / 2, o.absmax + n * o.K / o.block, o.block, o.x, o.K, kNf4Values);
+    });
+    return Status::kSuccess;
+  }
 };
 
 }  // namespace
