@@ -128,7 +128,8 @@ std::vector<Planned> plan(const formats::Checkpoint& in, const QuantizeArgs& a, 
     bool decided = false;
     for (std::size_t ri = 0; ri < rules.size(); ++ri) {
       auto& r = rules[ri];
-      if (!std::regex_match(t.name, r.regex)) continue;
+      const auto subject = r.subject(t.name, t.shape.size());
+      if (!subject || !std::regex_match(*subject, r.regex)) continue;
       p.rule_index = static_cast<int>(ri);
       ++r.hits;
       p.target = parse_target(r.type, out_format, r.group_size.value_or(a.group_size), r.calibration.value_or(a.calibration),

@@ -370,6 +370,34 @@ TEST(Progress, PlainLinesOffATerminalAndABarOnOne) {
   EXPECT_EQ(tty.find("[1/4] quantize"), std::string::npos) << tty;
 }
 
+// The providers' rule files (rules/rule_file.hpp) work too: module_path against the weight's
+// module path, weight_qtype (unset = float), tile_size as the group, weight_calibration_method;
+// biases are not weights of a site and keep the defaults. Mistakes name file, line and field.
+TEST(QuantizeRules, QwixStyleRuleFiles) {
+  ScratchDir dir;
+  const std::string in = write_model(dir, 2), out = dir / "q.safetensors", rules = dir / "qwix.yaml";
+  testing::write_text(rules, "rules:\n"
+                             "  - module_path: 'layers\\.0'\n"
+                             "    weight_qtype: uint4\n"
+                             "    tile_size: 32\n"
+                             "    weight_calibration_method: minmax\n"
+                             "  - module_path: 'layers\\.[0-9]+'\n");
+  const auto r = run_qforge("quantize " + in + " -o " + out + " --type int8 --rules " + rules);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const formats::SafetensorsFile s(out);
+  const QArray q = formats::load_qarray(s, "layers.0.weight");
+  EXPECT_EQ(q.qtype(), QType::kUInt4);
+  EXPECT_EQ(q.scale().shape(), (Shape{128, 4}));
+  EXPECT_TRUE(q.zero_point().has_value());
+  EXPECT_EQ(s.at("layers.1.weight").dtype, formats::Dtype::kF32);  // matched, weight_qtype unset
+  EXPECT_EQ(s.at("layers.0.bias").dtype, formats::Dtype::kF32);
+
+  testing::write_text(rules, "- module_path: 'layers'\n  weight_qtype: int9\n");
+  const auto bad = run_qforge("quantize " + in + " -o " + (dir / "x.safetensors") + " --rules " + rules);
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find(rules + ":2: field 'weight_qtype': unknown qtype 'int9'"), std::string::npos) << bad.output;
+}
+
 // SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
 // The model is large enough (48 tensors of 512x512 to NF4) that the run is still going when the
 // signal lands; if it lands before the handler is installed the default action kills the process,
