@@ -20,6 +20,9 @@
 
 #if defined(QFORGE_HAS_ONEDNN)
 #include <dnnl.h>
+// Debian's oneDNN runs on OpenMP; its thread count follows the calling thread's OpenMP setting.
+// Declared weak so that a oneDNN built on another runtime links without libgomp.
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
 #endif
 
 namespace qforge::backend {
@@ -108,16 +111,23 @@ class CpuBackend final : public Backend {
   }
 
 #if defined(QFORGE_HAS_ONEDNN)
+  // Every oneDNN call runs on num_threads() threads, like our own kernels.
   static Status status_of(dnnl_status_t s) { return s == dnnl_success ? Status::kSuccess : Status::kInternal; }
+  static void sync_onednn_threads() {
+    if (omp_set_num_threads) omp_set_num_threads(num_threads());
+  }
   static Status run_op(const GemmF32Op& o) {
+    sync_onednn_threads();
     return status_of(dnnl_sgemm('N', 'T', o.M, o.N, o.K, 1.0f, o.a, o.lda, o.b, o.ldb, o.accumulate ? 1.0f : 0.0f,
                                 o.dst, o.ldd));
   }
   static Status run_op(const SyrkOp& o) {
+    sync_onednn_threads();
     return status_of(dnnl_sgemm('T', 'N', o.K, o.K, o.T, o.alpha, o.x, o.ldx, o.x, o.ldx, 1.0f, o.h, o.K));
   }
   static Status run_op(const GemmS8S8S32Op& o) {
     const std::int32_t zero = 0;
+    sync_onednn_threads();
     return status_of(
         dnnl_gemm_s8s8s32('N', 'T', 'F', o.M, o.N, o.K, 1.0f, o.a, o.K, 0, o.b, o.K, 0, 0.0f, o.dst, o.N, &zero));
   }
@@ -140,6 +150,7 @@ class CpuBackend final : public Backend {
     return Status::kSuccess;
   }
   static Status run_op(const GptqBlockUpdateOp& o) {
+    sync_onednn_threads();
     return status_of(dnnl_sgemm('N', 'N', o.rows, o.cols, o.B, -1.0f, o.err, o.lde, o.hinv, o.ldh, 1.0f, o.w, o.ldw));
   }
 #else
@@ -249,6 +260,7 @@ class CpuBackend final : public Backend {
     std::vector<std::int32_t> part(static_cast<std::size_t>(o.M * o.N));
     std::vector<float> acc(static_cast<std::size_t>(o.M * o.N), 0.0f);
     const std::int32_t zero = 0;
+    sync_onednn_threads();
     for (std::int64_t g = 0; g < groups; ++g) {
       const dnnl_status_t s = dnnl_gemm_s8s8s32('N', 'T', 'F', o.M, o.N, o.group, 1.0f, qa.data() + g * o.group, o.K, 0,
                                                 wq.data() + g * o.group, o.K, 0, 0.0f, part.data(), o.N, &zero);

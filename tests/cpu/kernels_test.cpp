@@ -338,3 +338,31 @@ TEST(CpuKernels, BackendRunUsesCpuForNewOps) {
   EXPECT_EQ(q[3], -127);
   EXPECT_FLOAT_EQ(s, 4.0f / 127.0f);
 }
+
+TEST(CpuKernels, OneDnnGemmF32WithinBoundAndThreadIndependent) {
+  SCOPED_TRACE("seed=" + std::to_string(kSeed));
+  std::mt19937 rng(kSeed + 7);
+  struct Case { std::int64_t M, N, K; };
+  for (const Case c : {Case{1, 67, 1031}, Case{37, 29, 513}, Case{8, 96, 3000}}) {
+    SCOPED_TRACE("M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K));
+    std::vector<float> a(static_cast<std::size_t>(c.M * c.K)), b(static_cast<std::size_t>(c.N * c.K));
+    fill(a.data(), a.size(), rng);
+    fill(b.data(), b.size(), rng);
+    const std::size_t nd = static_cast<std::size_t>(c.M * c.N);
+    std::vector<float> ref(nd), d1(nd), d2(nd);
+    ReferenceBackend::run_op(qb::GemmF32Op{c.M, c.N, c.K, a.data(), c.K, b.data(), c.K, ref.data(), c.N});
+    qb::set_num_threads(1);
+    cpu().run(qb::GemmF32Op{c.M, c.N, c.K, a.data(), c.K, b.data(), c.K, d1.data(), c.N});
+    qb::set_num_threads(2);
+    cpu().run(qb::GemmF32Op{c.M, c.N, c.K, a.data(), c.K, b.data(), c.K, d2.data(), c.N});
+    qb::set_num_threads(0);
+    for (std::int64_t m = 0; m < c.M; ++m)
+      for (std::int64_t n = 0; n < c.N; ++n) {
+        double abs_sum = 0;
+        for (std::int64_t k = 0; k < c.K; ++k) abs_sum += std::fabs(double(a[m * c.K + k]) * b[n * c.K + k]);
+        const std::size_t i = static_cast<std::size_t>(m * c.N + n);
+        EXPECT_NEAR(d1[i], ref[i], float_bound(c.K, 1, abs_sum));
+        EXPECT_EQ(bits(d1[i]), bits(d2[i])) << "oneDNN's result changed with the thread count at m=" << m << " n=" << n;
+      }
+  }
+}
