@@ -11,6 +11,7 @@
 #include "qforge/data/digits.hpp"
 #include "qforge/nn/nn.hpp"
 #include "qforge/nn/zoo.hpp"
+#include "qforge/providers/lora.hpp"
 #include "qforge/providers/ptq.hpp"
 #include "qforge/providers/qt.hpp"
 
@@ -55,9 +56,17 @@ struct Schedule {
   int qt_epochs = 40;        // QT trains from scratch, like the float model
   float lr = 2e-3f;
   float finetune_lr = 5e-4f;
+  int lora_epochs = 20;  // adapting to the shifted digits
+  float lora_lr = 2e-3f;
 };
 
-inline Schedule short_schedule() { return Schedule{15, 4, 15, 2e-3f, 5e-4f}; }
+inline Schedule short_schedule() { return Schedule{15, 4, 15, 2e-3f, 5e-4f, 8, 2e-3f}; }
+
+// The held-out shift the LoRA experiments adapt to: every image moved one pixel right and down.
+constexpr int kShiftX = 1, kShiftY = 1;
+inline DigitsSplit shifted(const DigitsSplit& s) {
+  return {shift_images(s.train, kShiftX, kShiftY), shift_images(s.test, kShiftX, kShiftY)};
+}
 
 inline double train_float(nn::Module& model, const LabelledImages& train, int epochs, float lr, std::uint64_t seed = 0) {
   nn::TrainOptions opt;
@@ -166,6 +175,37 @@ inline double qt_from_scratch_accuracy(DigitsModel m, const std::vector<rules::Q
   return train_qt_and_deploy(m, *model, rule_list, split, s.qt_epochs, s.lr, report);
 }
 
+inline rules::LoraRule lora_rule_all(int rank, float alpha, std::optional<QType> base) {
+  rules::LoraRule r;
+  r.rank = rank;
+  r.alpha = alpha;
+  r.weight_qtype = base;
+  return r;
+}
+
+// (Q)LoRA: adapters on a copy of the trained float model, trained on the shifted training images
+// (only the adapters learn), measured on the shifted test images.
+inline double lora_shift_accuracy(DigitsModel m, nn::Module& trained, const std::vector<rules::LoraRule>& rule_list,
+                                  const providers::LoraOptions& options, const DigitsSplit& split, const Schedule& s,
+                                  rules::QuantizationReport* report = nullptr) {
+  const DigitsSplit shift = shifted(split);
+  auto model = clone_digits_model(m, trained);
+  auto r = providers::quantize_model(*model, providers::LoraProvider(rule_list, options), {shift.train.slice(0, 64).images});
+  if (report) *report = std::move(r);
+  train_float(*model, shift.train, s.lora_epochs, s.lora_lr);
+  return nn::accuracy(*model, shift.test);
+}
+
+// The float model on the shifted test images, before and after full fine-tuning (the bounds the
+// adapters are measured between).
+inline double shifted_accuracy(nn::Module& trained, const DigitsSplit& split) { return nn::accuracy(trained, shifted(split).test); }
+inline double full_finetune_shift_accuracy(DigitsModel m, nn::Module& trained, const DigitsSplit& split, const Schedule& s) {
+  const DigitsSplit shift = shifted(split);
+  auto model = clone_digits_model(m, trained);
+  train_float(*model, shift.train, s.lora_epochs, s.lora_lr);
+  return nn::accuracy(*model, shift.test);
+}
+
 // One row of the accuracy table: run(model kind, trained float model) -> test accuracy.
 struct Experiment {
   std::string method;
@@ -195,6 +235,19 @@ inline std::vector<Experiment> accuracy_rows(const DigitsSplit& split, const Sch
   rows.push_back({"QAT", "w2a8 dynamic, fine-tuned", qat({qt_rule_all(QType::kInt2, QType::kInt8)})});
   rows.push_back({"QT", "w8a8, int8 backward, from scratch", [&split, schedule](DigitsModel m, nn::Module&) {
                     return qt_from_scratch_accuracy(m, {qt_rule_all(QType::kInt8, QType::kInt8, false, QType::kInt8)}, split, schedule);
+                  }});
+  const std::string shift = fmt::format("shift ({},{}) px: ", kShiftX, kShiftY);
+  rows.push_back({"fp32", shift + "no adaptation", [&split](DigitsModel, nn::Module& t) { return shifted_accuracy(t, split); }});
+  rows.push_back({"fp32", shift + "full fine-tune", [&split, schedule](DigitsModel m, nn::Module& t) {
+                    return full_finetune_shift_accuracy(m, t, split, schedule);
+                  }});
+  rows.push_back({"LoRA", shift + "rank 8, float base", [&split, schedule](DigitsModel m, nn::Module& t) {
+                    return lora_shift_accuracy(m, t, {lora_rule_all(8, 16.0f, std::nullopt)}, {}, split, schedule);
+                  }});
+  rows.push_back({"QLoRA", shift + "rank 8, NF4 base (block 64, double quant)", [&split, schedule](DigitsModel m, nn::Module& t) {
+                    providers::LoraOptions o;
+                    o.double_quant = true;
+                    return lora_shift_accuracy(m, t, {lora_rule_all(8, 16.0f, QType::kNf4)}, o, split, schedule);
                   }});
   return rows;
 }
