@@ -48,11 +48,22 @@ const cpu::KernelSet& kernels() {
 
 // Runs fn(begin, end) over [0, n) in chunks of `chunk` items. Chunk boundaries depend only on n
 // and chunk; small jobs (fewer than two chunks) stay on the calling thread.
+// With OpenMP (the runtime oneDNN uses), chunks go to its thread pool, so our kernels and
+// oneDNN's never spin against each other; otherwise core/parallel.hpp's threads run them.
 template <class F>
 void for_chunks(std::int64_t n, std::int64_t chunk, F&& fn) {
   const std::int64_t chunks = (n + chunk - 1) / chunk;
   const int threads = chunks < 2 ? 1 : num_threads();
+  if (threads == 1) {
+    for (std::int64_t c = 0; c < chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
+    return;
+  }
+#if defined(QFORGE_HAS_OPENMP)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (std::int64_t c = 0; c < chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
+#else
   parallel_for_each(chunks, threads, [&](std::int64_t c) { fn(c * chunk, std::min(n, (c + 1) * chunk)); });
+#endif
 }
 
 // Rows per chunk so that each chunk carries roughly `bytes_per_chunk` of work.
@@ -257,21 +268,27 @@ class CpuBackend final : public Backend {
     for_chunks(o.N, rows_per_chunk(o.K), [&](std::int64_t n0, std::int64_t n1) {
       for (std::int64_t n = n0; n < n1; ++n) ks.unpack_s4(o.w + n * (o.K / 2), o.K, wq.data() + n * o.K);
     });
-    std::vector<std::int32_t> part(static_cast<std::size_t>(o.M * o.N));
+    // Scales transposed to [groups, N], so each group's fold reads them contiguously.
+    std::vector<float> scale_t(static_cast<std::size_t>(groups * o.N));
+    for (std::int64_t n = 0; n < o.N; ++n)
+      for (std::int64_t g = 0; g < groups; ++g) scale_t[static_cast<std::size_t>(g * o.N + n)] = o.w_scales[n * groups + g];
+    // Column panels of kPanel outputs keep the int32 partials and the float accumulators of one
+    // panel in cache across all K groups.
+    constexpr std::int64_t kPanel = 512;
+    const std::int64_t panel = std::min(kPanel, o.N);
+    std::vector<std::int32_t> part(static_cast<std::size_t>(o.M * panel));
     std::vector<float> acc(static_cast<std::size_t>(o.M * o.N), 0.0f);
     const std::int32_t zero = 0;
     sync_onednn_threads();
-    for (std::int64_t g = 0; g < groups; ++g) {
-      const dnnl_status_t s = dnnl_gemm_s8s8s32('N', 'T', 'F', o.M, o.N, o.group, 1.0f, qa.data() + g * o.group, o.K, 0,
-                                                wq.data() + g * o.group, o.K, 0, 0.0f, part.data(), o.N, &zero);
-      if (s != dnnl_success) return Status::kInternal;
-      for_chunks(o.M, 8, [&](std::int64_t m0, std::int64_t m1) {
-        for (std::int64_t m = m0; m < m1; ++m)
-          for (std::int64_t n = 0; n < o.N; ++n) {
-            const std::size_t i = static_cast<std::size_t>(m * o.N + n);
-            acc[i] = std::fma(static_cast<float>(part[i]), o.w_scales[n * groups + g], acc[i]);
-          }
-      });
+    for (std::int64_t n0 = 0; n0 < o.N; n0 += panel) {
+      const std::int64_t nn = std::min(panel, o.N - n0);
+      for (std::int64_t g = 0; g < groups; ++g) {
+        const dnnl_status_t s = dnnl_gemm_s8s8s32('N', 'T', 'F', o.M, nn, o.group, 1.0f, qa.data() + g * o.group, o.K, 0,
+                                                  wq.data() + n0 * o.K + g * o.group, o.K, 0, 0.0f, part.data(), nn, &zero);
+        if (s != dnnl_success) return Status::kInternal;
+        for (std::int64_t m = 0; m < o.M; ++m)
+          ks.fma_i32(acc.data() + m * o.N + n0, part.data() + m * nn, scale_t.data() + g * o.N + n0, nn);
+      }
     }
     for (std::int64_t m = 0; m < o.M; ++m)
       for (std::int64_t n = 0; n < o.N; ++n)

@@ -26,6 +26,8 @@ struct KernelSet {
   void (*quantize_s8)(const float* x, std::int64_t n, float inv, int qmax, std::int8_t* q);
   // Exact sum a[i] * b[i]; codes of a must lie in [-127, 127].
   std::int32_t (*dot_s8)(const std::int8_t* a, const std::int8_t* b, std::int64_t n);
+  // acc[i] = fma(float(part[i]), scale[i], acc[i]) (fused: one rounding, like std::fma).
+  void (*fma_i32)(float* acc, const std::int32_t* part, const float* scale, std::int64_t n);
   // Packed int4 (element 2i low nibble) -> int8, n elements (n even).
   void (*unpack_s4)(const std::uint8_t* w, std::int64_t n, std::int8_t* out);
   // sum_k a[k] * scales[k / group] * code[k] over one packed int4 row of K elements.

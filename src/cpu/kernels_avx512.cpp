@@ -50,7 +50,7 @@ float dot_w4_f32_avx512(const std::uint8_t* w, const float* scales, std::int64_t
 }  // namespace
 
 const KernelSet& avx512_kernels() {
-  static const KernelSet set{"avx512",         absmax_avx512,       quantize_s8_avx2,       dot_s8_avx512,
+  static const KernelSet set{"avx512",         absmax_avx512,       quantize_s8_avx2,       dot_s8_avx512, fma_i32_avx2,
                              unpack_s4_avx2,   dot_w4_f32_avx512,   encode_q8_0_avx2,       encode_q4_0_avx2,
                              encode_q4_1_avx2, vec_dot_q4_0_q8_0_avx2, vec_dot_q4_1_q8_1_avx2, vec_dot_q8_0_q8_0_avx2,
                              dot_nf4_avx2};

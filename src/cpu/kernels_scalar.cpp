@@ -27,6 +27,10 @@ std::int32_t dot_s8(const std::int8_t* a, const std::int8_t* b, std::int64_t n) 
   return s;
 }
 
+void fma_i32(float* acc, const std::int32_t* part, const float* scale, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) acc[i] = std::fma(static_cast<float>(part[i]), scale[i], acc[i]);
+}
+
 std::int8_t sext4(unsigned nib) { return static_cast<std::int8_t>(static_cast<int>(nib ^ 8u) - 8); }
 
 void unpack_s4(const std::uint8_t* w, std::int64_t n, std::int8_t* out) {
@@ -80,6 +84,7 @@ const KernelSet& scalar_kernels() {
                              absmax,
                              quantize_s8,
                              dot_s8,
+                             fma_i32,
                              unpack_s4,
                              dot_w4_f32,
                              formats::quantize_row_q8_0_ref,

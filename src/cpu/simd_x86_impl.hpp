@@ -111,6 +111,15 @@ void quantize_s8_avx2(const float* x, std::int64_t n, float inv, int qmax, std::
   return s;
 }
 
+void fma_i32_avx2(float* acc, const std::int32_t* part, const float* scale, std::int64_t n) {
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 p = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(part + i)));
+    _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(scale + i), _mm256_loadu_ps(acc + i)));
+  }
+  for (; i < n; ++i) acc[i] = std::fma(static_cast<float>(part[i]), scale[i], acc[i]);
+}
+
 // 16 packed bytes -> 32 sign-extended int4 codes in element order.
 inline __m256i unpack32_s4(const std::uint8_t* w) {
   const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
