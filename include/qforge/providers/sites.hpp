@@ -68,19 +68,12 @@ inline std::vector<SiteInfo> discover_sites(nn::Module& model, const TensorF& sa
 // indices of rules that matched nothing.
 template <class Rule>
 std::vector<int> resolve_rules(std::vector<SiteInfo>& sites, const std::vector<Rule>& rule_list) {
-  for (std::size_t i = 0; i < rule_list.size(); ++i) rules::validate_rule(rule_list[i], i);
-  std::vector<bool> used(rule_list.size(), false);
+  rules::RuleMatcher<Rule> matcher(rule_list);
   for (auto& s : sites) {
-    s.rule_index = rules::first_match(rule_list, s.site.module_path, s.site.op_name);
-    if (s.rule_index) {
-      used[static_cast<std::size_t>(*s.rule_index)] = true;
-      s.config = rules::to_site_config(rule_list[static_cast<std::size_t>(*s.rule_index)], *s.rule_index);
-    }
+    s.rule_index = matcher.match(s.site.module_path, s.site.op_name);
+    if (s.rule_index) s.config = matcher.config(*s.rule_index);
   }
-  std::vector<int> unused;
-  for (std::size_t i = 0; i < used.size(); ++i)
-    if (!used[i]) unused.push_back(static_cast<int>(i));
-  return unused;
+  return matcher.finish_run();
 }
 
 // How the weight operand [N, K] (or [G, N, K]) is quantized.
@@ -120,7 +113,12 @@ inline rules::SiteReport site_report(const SiteInfo& s, const QArray* q, std::st
   r.rule_index = s.rule_index.value_or(-1);
   r.mode = std::move(mode);
   r.act_qtype = qtype_name(s.config.act_qtype);
-  if (s.weight) r.bytes_before = r.bytes_after = static_cast<std::uint64_t>(s.weight->var.value().size()) * 4;
+  if (s.weight) {
+    r.bytes_before = r.bytes_after = static_cast<std::uint64_t>(s.weight->var.value().size()) * 4;
+    // A float weight is exact: zero error, infinite SQNR (null in JSON).
+    const TensorF& w = s.weight->var.value();
+    r.weight_error = analysis::compare(w.data(), w.data(), w.size());
+  }
   if (q) {
     r.weight_qtype = std::string(to_string(q->qtype()));
     r.weight_scale_shape = q->scale().shape();
