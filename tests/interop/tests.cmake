@@ -1,0 +1,19 @@
+# Interop tests (label 'interop'): other tools' Python readers (gguf, safetensors) read what
+# qforge writes and must see the same values. They need build/pyenv from scripts/python-env.sh
+# (QFORGE_PYENV overrides the path) and report SKIPPED, saying why, when it is absent.
+add_executable(qforge_interop_writer ${CMAKE_CURRENT_LIST_DIR}/write_samples.cpp)
+target_link_libraries(qforge_interop_writer PRIVATE qforge::qforge)
+qforge_set_warnings(qforge_interop_writer)
+
+if(DEFINED ENV{QFORGE_PYENV})
+  set(_qforge_pyenv "$ENV{QFORGE_PYENV}")
+else()
+  set(_qforge_pyenv "${PROJECT_SOURCE_DIR}/build/pyenv")
+endif()
+foreach(_check gguf safetensors)
+  set(_name interop.${_check}_python_reader)
+  add_test(NAME ${_name}
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/run_check.sh ${_qforge_pyenv} $<TARGET_FILE:qforge_interop_writer>
+                   ${CMAKE_CURRENT_BINARY_DIR}/interop_${_check} ${CMAKE_CURRENT_LIST_DIR}/check_${_check}.py)
+  set_tests_properties(${_name} PROPERTIES LABELS interop SKIP_RETURN_CODE 77 TIMEOUT 120)
+endforeach()
