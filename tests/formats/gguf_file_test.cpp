@@ -74,6 +74,23 @@ TEST(Gguf, RoundTripsMetadataAndTensors) {
   EXPECT_EQ(fs::file_size(f.path) % 32, 0u);
 }
 
+TEST(Gguf, FileTypeDefaultsToTheTypeHoldingMostValues) {
+  const std::pair<GgmlType, std::uint64_t> cases[] = {
+      {GgmlType::kQ8_0, 7}, {GgmlType::kQ4_0, 2}, {GgmlType::kQ4_1, 3}, {GgmlType::kF16, 1}, {GgmlType::kF32, 0}};
+  for (const auto& [type, ftype] : cases) {
+    TempFile f;
+    GgufWriter w;
+    w.add_float("big.weight", type, ramp({4, 64}));
+    w.add_float("norm.weight", GgmlType::kF32, ramp({64}));  // fewer values than big.weight
+    w.write(f.path);
+    const GgufFile g(f.path);
+    EXPECT_EQ(std::get<std::uint64_t>(g.find_kv("general.file_type")->scalar), ftype) << ggml_traits(type).name;
+  }
+  TempFile f;
+  write_sample(f.path);  // sets general.file_type = 2 itself: kept
+  EXPECT_EQ(std::get<std::uint64_t>(GgufFile(f.path).find_kv("general.file_type")->scalar), 2u);
+}
+
 TEST(Gguf, HonoursACustomAlignment) {
   TempFile f;
   write_sample(f.path, 64);

@@ -6,6 +6,7 @@
 // this API are row-major (PyTorch order, [out, in]); GGUF's ne[] is their reverse.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -312,6 +313,8 @@ class GgufWriter {
     bool quantized = false;
     for (const auto& t : tensors_) quantized = quantized || ggml_traits(t.type).quantized;
     if (quantized && !has("general.quantization_version")) set("general.quantization_version", GgufValue::u32(2));
+    if (!has("general.file_type"))
+      if (const auto ftype = default_file_type()) set("general.file_type", GgufValue::u32(*ftype));
     std::uint32_t alignment = 32;
     for (const auto& [k, v] : kv_)
       if (k == "general.alignment") alignment = static_cast<std::uint32_t>(std::get<std::uint64_t>(v.scalar));
@@ -353,6 +356,25 @@ class GgufWriter {
     Shape shape;
     std::vector<std::uint8_t> bytes;
   };
+  // llama.cpp's LLAMA_FTYPE of the type holding most of the values (what llama-quantize records):
+  // ALL_F32 0, MOSTLY_F16 1, Q4_0 2, Q4_1 3, Q8_0 7, Q4_K_S 14, Q6_K 18, BF16 32.
+  std::optional<std::uint32_t> default_file_type() const {
+    std::map<GgmlType, std::int64_t> values;
+    for (const auto& t : tensors_) values[t.type] += numel(t.shape);
+    if (values.empty()) return std::nullopt;
+    const auto top = std::max_element(values.begin(), values.end(), [](auto& a, auto& b) { return a.second < b.second; });
+    switch (top->first) {
+      case GgmlType::kF32: return 0;
+      case GgmlType::kF16: return 1;
+      case GgmlType::kQ4_0: return 2;
+      case GgmlType::kQ4_1: return 3;
+      case GgmlType::kQ8_0: return 7;
+      case GgmlType::kQ4_K: return 14;
+      case GgmlType::kQ6_K: return 18;
+      case GgmlType::kBF16: return 32;
+      default: return std::nullopt;
+    }
+  }
   bool has(const std::string& key) const {
     for (const auto& [k, v] : kv_)
       if (k == key) return true;
