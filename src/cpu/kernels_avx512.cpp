@@ -37,6 +37,7 @@ float dot_w4_f32_avx512(const std::uint8_t* w, const float* scales, std::int64_t
   for (std::int64_t g = 0; g < K / group; ++g) {
     __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
     for (std::int64_t k = g * group; k < (g + 1) * group; k += 32) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + k / 2) + 1024, _MM_HINT_T0);
       const __m256i c = unpack32_s4(w + k / 2);
       p0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c))), _mm512_loadu_ps(a + k), p0);
       p1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1))),
