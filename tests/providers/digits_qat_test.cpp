@@ -66,15 +66,22 @@ TEST_F(DigitsQat, QatW4A4StaticIsAtLeastAsGoodAsPtq) {
 }
 
 TEST_F(DigitsQat, QtInt8ForwardAndBackwardTrainsLikeFloat) {
+  // QT and its float baseline train from the same initialisation, data order and epochs. Six
+  // epochs (not the suite's fifteen) keep the integer backward of the CNN affordable; measured:
+  // QT 92.8% / 94.7% against float 92.5% / 94.7%. The bar is 1 point.
+  data::Schedule s = schedule();
+  s.fp32_epochs = s.qt_epochs = 6;
   for (DigitsModel m : {DigitsModel::kMlp, DigitsModel::kCnn}) {
     SCOPED_TRACE(data::model_name(m));
+    auto baseline = data::make_digits_model(m);
+    data::train_float(*baseline, split_->train, s.fp32_epochs, s.lr);
+    const double fp = nn::accuracy(*baseline, split_->test);
     rules::QuantizationReport report;
     const double qt = data::qt_from_scratch_accuracy(
-        m, {data::qt_rule_all(QType::kInt8, QType::kInt8, false, QType::kInt8)}, *split_, schedule(), &report);
-    // Same initialisation, data order and epochs as the float model. Measured: 95.8% / 93.9%
-    // against float 95.8% / 94.2%; the bar is 1 point.
-    EXPECT_GE(qt, fp32(m) - 0.01) << "qt " << qt << " fp32 " << fp32(m);
-    for (const auto& s : report.sites) EXPECT_EQ(s.mode, "qt") << s.site;
+        m, {data::qt_rule_all(QType::kInt8, QType::kInt8, false, QType::kInt8)}, *split_, s, &report);
+    EXPECT_GE(qt, fp - 0.01) << "qt " << qt << " fp32 " << fp;
+    ASSERT_EQ(report.sites.size(), 3u);
+    for (const auto& site : report.sites) EXPECT_EQ(site.mode, "qt") << site.site;
   }
 }
 
