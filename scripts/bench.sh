@@ -11,6 +11,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$root/build/bench}"
 min_time="${BENCH_MIN_TIME:-0.3}"
 out_json="$build/backend_bench.json"
+# oneDNN and our kernels share an OpenMP pool. On a shared machine, spinning idle threads steal
+# the core another thread of the same run needs; passive waiting keeps two-thread runs honest.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQFORGE_BUILD_TESTS=OFF \
   -DQFORGE_BUILD_EXAMPLES=OFF -DQFORGE_BUILD_CLI=OFF -DQFORGE_BUILD_BENCH=ON >/dev/null
@@ -51,6 +54,8 @@ w("")
 w(f"- CPU: {cpu_model()}, {ctx.get('num_cpus')} logical CPUs at {ctx.get('mhz_per_cpu')} MHz")
 w(f"- Run: {ctx.get('date')}, load average {', '.join(f'{x:.2f}' for x in ctx.get('load_avg', []))}")
 w(f"- Build: {ctx.get('library_build_type', '?')} Google Benchmark library; qforge built Release")
+import os
+w(f"- OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}")
 w("")
 w("## Limits measured in this run")
 w("")

@@ -20,6 +20,8 @@
 
 #if defined(QFORGE_HAS_ONEDNN)
 #include <dnnl.h>
+
+#include <dnnl.hpp>
 // Debian's oneDNN runs on OpenMP; its thread count follows the calling thread's OpenMP setting.
 // Declared weak so that a oneDNN built on another runtime links without libgomp.
 extern "C" void omp_set_num_threads(int) __attribute__((weak));
@@ -86,6 +88,33 @@ void quantize_activations(const cpu::KernelSet& ks, const float* a, std::int64_t
   });
 }
 
+#if defined(QFORGE_HAS_ONEDNN)
+// int32 c[M, N] (row stride ldc) = a[M, K] (row stride lda) * b[N, K]^T (row stride ldb), through
+// oneDNN's matmul primitive: on CPUs with AMX or VNNI it picks its brgemm kernels, several times
+// faster than the BLAS-style dnnl_gemm_s8s8s32. Integer products are exact on every path.
+// Dense operands (lda == K, ldb == K) are what brgemm accepts; other strides still work, slower.
+bool onednn_s8_matmul(std::int64_t M, std::int64_t N, std::int64_t K, const std::int8_t* a, std::int64_t lda,
+                      const std::int8_t* b, std::int64_t ldb, std::int32_t* c, std::int64_t ldc) {
+  try {
+    static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    using dt = dnnl::memory::data_type;
+    const dnnl::memory::desc a_md({M, K}, dt::s8, dnnl::memory::dims{lda, 1});
+    const dnnl::memory::desc b_md({K, N}, dt::s8, dnnl::memory::dims{1, ldb});
+    const dnnl::memory::desc c_md({M, N}, dt::s32, dnnl::memory::dims{ldc, 1});
+    // Primitive creation is cheap after the first call with a shape (oneDNN's primitive cache).
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), engine);
+    dnnl::stream stream(engine);
+    dnnl::matmul(pd).execute(stream, {{DNNL_ARG_SRC, dnnl::memory(a_md, engine, const_cast<std::int8_t*>(a))},
+                                      {DNNL_ARG_WEIGHTS, dnnl::memory(b_md, engine, const_cast<std::int8_t*>(b))},
+                                      {DNNL_ARG_DST, dnnl::memory(c_md, engine, c)}});
+    stream.wait();
+    return true;
+  } catch (const dnnl::error&) {
+    return false;
+  }
+}
+#endif
+
 class CpuBackend final : public Backend {
  public:
   std::string_view name() const override { return "cpu"; }
@@ -137,10 +166,8 @@ class CpuBackend final : public Backend {
     return status_of(dnnl_sgemm('T', 'N', o.K, o.K, o.T, o.alpha, o.x, o.ldx, o.x, o.ldx, 1.0f, o.h, o.K));
   }
   static Status run_op(const GemmS8S8S32Op& o) {
-    const std::int32_t zero = 0;
     sync_onednn_threads();
-    return status_of(
-        dnnl_gemm_s8s8s32('N', 'T', 'F', o.M, o.N, o.K, 1.0f, o.a, o.K, 0, o.b, o.K, 0, 0.0f, o.dst, o.N, &zero));
+    return onednn_s8_matmul(o.M, o.N, o.K, o.a, o.K, o.b, o.K, o.dst, o.N) ? Status::kSuccess : Status::kInternal;
   }
   static Status run_op(const QuantizedMatmulOp& o) {
     const std::int64_t M = o.a->shape()[0], N = o.b->shape()[0], K = o.a->shape()[1];
@@ -263,29 +290,34 @@ class CpuBackend final : public Backend {
   // and fold the groups in order with the reference's fused multiply-adds.
   static Status w4a8_by_groups(const cpu::KernelSet& ks, const GemmW4A8Op& o, const std::vector<std::int8_t>& qa,
                                const std::vector<float>& sa) {
-    const std::int64_t groups = o.K / o.group;
-    std::vector<std::int8_t> wq(static_cast<std::size_t>(o.N * o.K));
+    // Group-major dense copies ([G][M][group] activations, [G][N][group] weights): the layout
+    // oneDNN's brgemm (AMX/VNNI) kernels accept; strided slices would fall back to slower code.
+    const std::int64_t groups = o.K / o.group, gs = o.group;
+    std::vector<std::int8_t> qa_g(static_cast<std::size_t>(o.M * o.K)), wq_g(static_cast<std::size_t>(o.N * o.K));
+    for (std::int64_t m = 0; m < o.M; ++m)
+      for (std::int64_t g = 0; g < groups; ++g)
+        std::memcpy(qa_g.data() + (g * o.M + m) * gs, qa.data() + m * o.K + g * gs, static_cast<std::size_t>(gs));
     for_chunks(o.N, rows_per_chunk(o.K), [&](std::int64_t n0, std::int64_t n1) {
-      for (std::int64_t n = n0; n < n1; ++n) ks.unpack_s4(o.w + n * (o.K / 2), o.K, wq.data() + n * o.K);
+      for (std::int64_t n = n0; n < n1; ++n)
+        for (std::int64_t g = 0; g < groups; ++g)
+          ks.unpack_s4(o.w + n * (o.K / 2) + g * gs / 2, gs, wq_g.data() + (g * o.N + n) * gs);
     });
     // Scales transposed to [groups, N], so each group's fold reads them contiguously.
     std::vector<float> scale_t(static_cast<std::size_t>(groups * o.N));
     for (std::int64_t n = 0; n < o.N; ++n)
       for (std::int64_t g = 0; g < groups; ++g) scale_t[static_cast<std::size_t>(g * o.N + n)] = o.w_scales[n * groups + g];
-    // Column panels of kPanel outputs keep the int32 partials and the float accumulators of one
-    // panel in cache across all K groups.
-    constexpr std::int64_t kPanel = 512;
+    // Column panels keep one panel's int32 partials and float accumulators in cache across groups.
+    constexpr std::int64_t kPanel = 1024;
     const std::int64_t panel = std::min(kPanel, o.N);
     std::vector<std::int32_t> part(static_cast<std::size_t>(o.M * panel));
     std::vector<float> acc(static_cast<std::size_t>(o.M * o.N), 0.0f);
-    const std::int32_t zero = 0;
     sync_onednn_threads();
     for (std::int64_t n0 = 0; n0 < o.N; n0 += panel) {
       const std::int64_t nn = std::min(panel, o.N - n0);
       for (std::int64_t g = 0; g < groups; ++g) {
-        const dnnl_status_t s = dnnl_gemm_s8s8s32('N', 'T', 'F', o.M, nn, o.group, 1.0f, qa.data() + g * o.group, o.K, 0,
-                                                  wq.data() + n0 * o.K + g * o.group, o.K, 0, 0.0f, part.data(), nn, &zero);
-        if (s != dnnl_success) return Status::kInternal;
+        if (!onednn_s8_matmul(o.M, nn, gs, qa_g.data() + g * o.M * gs, gs, wq_g.data() + (g * o.N + n0) * gs, gs,
+                              part.data(), nn))
+          return Status::kInternal;
         for (std::int64_t m = 0; m < o.M; ++m)
           ks.fma_i32(acc.data() + m * o.N + n0, part.data() + m * nn, scale_t.data() + g * o.N + n0, nn);
       }
