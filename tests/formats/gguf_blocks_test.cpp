@@ -58,7 +58,8 @@ TEST_P(GgmlVectors, EncoderMatchesGgmlByteForByte) {
 
 INSTANTIATE_TEST_SUITE_P(Encoders, GgmlVectors,
                          ::testing::Values(EncoderCase{"q4_0", GgmlType::kQ4_0}, EncoderCase{"q8_0", GgmlType::kQ8_0},
-                                           EncoderCase{"q4_1", GgmlType::kQ4_1}),
+                                           EncoderCase{"q4_1", GgmlType::kQ4_1}, EncoderCase{"q4_K", GgmlType::kQ4_K},
+                                           EncoderCase{"q6_K", GgmlType::kQ6_K}),
                          [](const auto& p) { return std::string(p.param.suffix); });
 
 // Decoding ggml's bytes lands every element within half a step of its input (Q8_0: d/2; Q4_1:

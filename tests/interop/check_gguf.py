@@ -50,6 +50,8 @@ def check_file(path, expected, alignment):
         "blk.0.cube.weight": GGMLQuantizationType.Q8_0,
         "output_norm.weight": GGMLQuantizationType.F32,
         "blk.0.f16.weight": GGMLQuantizationType.F16,
+        "blk.0.ffn_down.weight": GGMLQuantizationType.Q4_K,
+        "blk.0.attn_v.weight": GGMLQuantizationType.Q6_K,
     }
     for t in reader.tensors:
         src = expected["src/" + t.name]

@@ -1,5 +1,5 @@
 // Writes the files the Python interop checks read (tests/interop/check_*.py):
-//   sample.gguf            Q4_0, Q4_1, Q8_0 (and F32/F16) tensors plus typed metadata
+//   sample.gguf            Q4_0, Q4_1, Q8_0, Q4_K, Q6_K (and F32/F16) tensors plus typed metadata
 //   sample_align64.gguf    the same data with general.alignment = 64
 //   sample.safetensors     plain dtypes, qforge's quantized layout (int8 per channel, int4 tiled,
 //                          uint8 with zero points) and a bitsandbytes NF4 weight
@@ -53,6 +53,8 @@ void write_gguf(const std::string& path, const std::string& alignment_note, std:
       {"blk.0.cube.weight", qf::GgmlType::kQ8_0, pattern({2, 3, 32}, 3.0f)},  // 3-D: dims reversed
       {"output_norm.weight", qf::GgmlType::kF32, pattern({7}, 4.0f)},         // odd size: padding
       {"blk.0.f16.weight", qf::GgmlType::kF16, pattern({3, 5}, 5.0f)},
+      {"blk.0.ffn_down.weight", qf::GgmlType::kQ4_K, pattern({2, 256}, 6.0f)},
+      {"blk.0.attn_v.weight", qf::GgmlType::kQ6_K, pattern({3, 512}, 7.0f)},
   };
   for (const auto& [name, type, values] : tensors) w.add_float(name, type, values);
   w.write(path);

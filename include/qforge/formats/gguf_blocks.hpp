@@ -191,6 +191,255 @@ inline void quantize_row_q4_1_ref(const float* x, void* dst, std::int64_t n) {
   }
 }
 
+// Q4_K's 6-bit sub-block scale and min, unpacked from the 12 scale bytes.
+inline void q4_k_scale_min(int j, const std::uint8_t* q, std::uint8_t& sc, std::uint8_t& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+// ---- K-quant encoders -------------------------------------------------------------------------
+// Ports of ggml's quantize_row_q4_K_ref / quantize_row_q6_K_ref and their searches
+// (make_qkx2_quants, make_qx_quants) keeping ggml's float operation order, so the bytes match.
+namespace detail {
+inline constexpr float kGroupMaxEps = 1e-15f;
+
+// ggml's nearest_int: adding 1.5 * 2^23 leaves round-half-even(x) in the mantissa bits.
+inline int nearest_int(float fval) {
+  const float val = fval + 12582912.0f;
+  std::int32_t i;
+  std::memcpy(&i, &val, 4);
+  return (i & 0x007fffff) - 0x00400000;
+}
+
+// Weighted least-squares search for an unsigned grid [0, nmax] with a min <= 0: returns the
+// scale, stores -min in the_min and the codes in L.
+inline float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, std::uint8_t* L, float* the_min,
+                              std::uint8_t* Laux, float rmin, float rdelta, int nstep) {
+  float min = x[0], max = x[0];
+  float sum_w = weights[0];
+  float sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < min) min = x[i];
+    if (x[i] > max) max = x[i];
+    const float w = weights[i];
+    sum_w += w;
+    sum_x += w * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max == min) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    *the_min = -min;
+    return 0.0f;
+  }
+  float iscale = static_cast<float>(nmax) / (max - min);
+  float scale = 1 / iscale;
+  float best_error = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = nearest_int(iscale * (x[i] - min));
+    L[i] = static_cast<std::uint8_t>(std::max(0, std::min(nmax, l)));
+    float diff = scale * static_cast<float>(L[i]) + min - x[i];
+    diff = diff * diff;
+    best_error += weights[i] * diff;
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      int l = nearest_int(iscale * (x[i] - min));
+      l = std::max(0, std::min(nmax, l));
+      Laux[i] = static_cast<std::uint8_t>(l);
+      const float w = weights[i];
+      const auto fl = static_cast<float>(l);
+      sum_l += w * fl;
+      sum_l2 += w * fl * fl;
+      sum_xl += w * fl * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float cur_error = 0;
+      for (int i = 0; i < n; ++i) {
+        float diff = this_scale * static_cast<float>(Laux[i]) + this_min - x[i];
+        diff = diff * diff;
+        cur_error += weights[i] * diff;
+      }
+      if (cur_error < best_error) {
+        for (int i = 0; i < n; ++i) L[i] = Laux[i];
+        best_error = cur_error;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  *the_min = -min;
+  return scale;
+}
+
+// Signed grid [-nmax, nmax - 1] search with weights x^2 (ggml's rmse_type 1, no imatrix): returns
+// the (signed) scale and stores codes + nmax in L.
+inline float make_qx_quants(int n, int nmax, const float* x, std::int8_t* L) {
+  float max = 0, amax = 0;
+  for (int i = 0; i < n; ++i) {
+    const float ax = std::fabs(x[i]);
+    if (ax > amax) {
+      amax = ax;
+      max = x[i];
+    }
+  }
+  if (amax < kGroupMaxEps) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.0f;
+  }
+  const auto fnmax = static_cast<float>(nmax);
+  float iscale = static_cast<float>(-nmax) / max;
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    int l = nearest_int(iscale * x[i]);
+    l = std::max(-nmax, std::min(nmax - 1, l));
+    L[i] = static_cast<std::int8_t>(l + nmax);
+    const float w = x[i] * x[i];
+    const auto fl = static_cast<float>(l);
+    sumlx += w * x[i] * fl;
+    suml2 += w * fl * fl;
+  }
+  float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
+  float best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    iscale = -(fnmax + 0.1f * static_cast<float>(is)) / max;
+    sumlx = suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+      int l = nearest_int(iscale * x[i]);
+      l = std::max(-nmax, std::min(nmax - 1, l));
+      const float w = x[i] * x[i];
+      const auto fl = static_cast<float>(l);
+      sumlx += w * x[i] * fl;
+      suml2 += w * fl * fl;
+    }
+    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+      for (int i = 0; i < n; ++i) {
+        const int l = nearest_int(iscale * x[i]);
+        L[i] = static_cast<std::int8_t>(nmax + std::max(-nmax, std::min(nmax - 1, l)));
+      }
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+}  // namespace detail
+
+// Q4_K: per sub-block of 32 a weighted (scale, min) search, then 6-bit scales/mins relative to
+// the block's largest (d = max_scale / 63, dmin = max_min / 63), then codes against the stored grid.
+inline void quantize_row_q4_k_ref(const float* x, void* dst, std::int64_t n) {
+  detail::check_blocks(n, 256, "Q4_K");
+  auto* y = static_cast<BlockQ4_K*>(dst);
+  std::uint8_t L[256], Laux[32];
+  float weights[32], mins[8], scales[8];
+  for (std::int64_t b = 0; b < n / 256; ++b, x += 256) {
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+      float sum_x2 = 0;
+      for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+      const float av_x = std::sqrt(sum_x2 / 32);
+      for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+      scales[j] = detail::make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20);
+      if (scales[j] > max_scale) max_scale = scales[j];
+      if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+    const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+    std::memset(y[b].scales, 0, 12);
+    for (int j = 0; j < 8; ++j) {
+      const auto ls = static_cast<std::uint8_t>(std::min(63, detail::nearest_int(inv_scale * scales[j]) & 0xFF));
+      const auto lm = static_cast<std::uint8_t>(std::min(63, detail::nearest_int(inv_min * mins[j]) & 0xFF));
+      if (j < 4) {
+        y[b].scales[j] = ls;
+        y[b].scales[j + 4] = lm;
+      } else {
+        y[b].scales[j + 4] = static_cast<std::uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+        y[b].scales[j - 4] = static_cast<std::uint8_t>(y[b].scales[j - 4] | ((ls >> 4) << 6));
+        y[b].scales[j] = static_cast<std::uint8_t>(y[b].scales[j] | ((lm >> 4) << 6));
+      }
+    }
+    y[b].d = fp32_to_fp16(max_scale / 63.0f);
+    y[b].dmin = fp32_to_fp16(max_min / 63.0f);
+    for (int j = 0; j < 8; ++j) {
+      std::uint8_t sc, m;
+      q4_k_scale_min(j, y[b].scales, sc, m);
+      const float d = fp16_to_fp32(y[b].d) * sc;
+      if (d == 0.0f) continue;  // keep the search's codes, as ggml does
+      const float dm = fp16_to_fp32(y[b].dmin) * m;
+      for (int i = 0; i < 32; ++i) {
+        const int l = detail::nearest_int((x[32 * j + i] + dm) / d);
+        L[32 * j + i] = static_cast<std::uint8_t>(std::max(0, std::min(15, l)));
+      }
+    }
+    std::uint8_t* q = y[b].qs;
+    for (int j = 0; j < 256; j += 64, q += 32)
+      for (int l = 0; l < 32; ++l) q[l] = static_cast<std::uint8_t>(L[j + l] | (L[j + l + 32] << 4));
+  }
+}
+
+// Q6_K: per sub-block of 16 a signed-scale search, int8 scales relative to the largest
+// (iscale = -128 / max_scale), then 6-bit codes split into ql (low 4 bits) and qh (high 2).
+inline void quantize_row_q6_k_ref(const float* x, void* dst, std::int64_t n) {
+  detail::check_blocks(n, 256, "Q6_K");
+  auto* y = static_cast<BlockQ6_K*>(dst);
+  std::int8_t L[256];
+  float scales[16];
+  for (std::int64_t b = 0; b < n / 256; ++b, x += 256) {
+    float max_scale = 0, max_abs_scale = 0;
+    for (int ib = 0; ib < 16; ++ib) {
+      const float scale = detail::make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+      scales[ib] = scale;
+      const float abs_scale = std::fabs(scale);
+      if (abs_scale > max_abs_scale) {
+        max_abs_scale = abs_scale;
+        max_scale = scale;
+      }
+    }
+    if (max_abs_scale < detail::kGroupMaxEps) {
+      std::memset(&y[b], 0, sizeof(BlockQ6_K));
+      y[b].d = fp32_to_fp16(0.0f);
+      continue;
+    }
+    const float iscale = -128.0f / max_scale;
+    y[b].d = fp32_to_fp16(1 / iscale);
+    for (int ib = 0; ib < 16; ++ib)
+      y[b].scales[ib] = static_cast<std::int8_t>(std::min(127, detail::nearest_int(iscale * scales[ib])));
+    for (int j = 0; j < 16; ++j) {
+      const float d = fp16_to_fp32(y[b].d) * y[b].scales[j];
+      if (d == 0.0f) continue;
+      for (int i = 0; i < 16; ++i) {
+        int l = detail::nearest_int(x[16 * j + i] / d);
+        l = std::max(-32, std::min(31, l));
+        L[16 * j + i] = static_cast<std::int8_t>(l + 32);
+      }
+    }
+    std::uint8_t* ql = y[b].ql;
+    std::uint8_t* qh = y[b].qh;
+    for (int j = 0; j < 256; j += 128, ql += 64, qh += 32) {
+      for (int l = 0; l < 32; ++l) {
+        const auto u = [&](int k) { return static_cast<std::uint8_t>(L[j + l + k]); };
+        ql[l] = static_cast<std::uint8_t>((u(0) & 0xF) | ((u(64) & 0xF) << 4));
+        ql[l + 32] = static_cast<std::uint8_t>((u(32) & 0xF) | ((u(96) & 0xF) << 4));
+        qh[l] = static_cast<std::uint8_t>((u(0) >> 4) | ((u(32) >> 4) << 2) | ((u(64) >> 4) << 4) | ((u(96) >> 4) << 6));
+      }
+    }
+  }
+}
+
 // ---- decoders --------------------------------------------------------------------------------
 inline void dequantize_row_q8_0(const void* src, float* y, std::int64_t n) {
   detail::check_blocks(n, 32, "Q8_0");
@@ -228,17 +477,6 @@ inline void dequantize_row_q4_1(const void* src, float* y, std::int64_t n) {
       y[j] = static_cast<float>(x[b].qs[j] & 0x0F) * d + m;
       y[j + 16] = static_cast<float>(x[b].qs[j] >> 4) * d + m;
     }
-  }
-}
-
-// Q4_K's 6-bit sub-block scale and min, unpacked from the 12 scale bytes.
-inline void q4_k_scale_min(int j, const std::uint8_t* q, std::uint8_t& sc, std::uint8_t& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
   }
 }
 
@@ -303,6 +541,8 @@ inline void encode_row(GgmlType type, const float* x, void* dst, std::int64_t n)
     case GgmlType::kQ4_1: quantize_row_q4_1_ref(x, dst, n); return;
     case GgmlType::kQ8_0: quantize_row_q8_0_ref(x, dst, n); return;
     case GgmlType::kQ8_1: quantize_row_q8_1_ref(x, dst, n); return;
+    case GgmlType::kQ4_K: quantize_row_q4_k_ref(x, dst, n); return;
+    case GgmlType::kQ6_K: quantize_row_q6_k_ref(x, dst, n); return;
     default:
       throw_error(Status::kUnsupported, "no encoder for GGML type {}", ggml_traits(type).name);
   }
