@@ -5,9 +5,12 @@
 // Determinism: work is cut into fixed-size chunks of output rows whose boundaries do not depend
 // on the thread count, and every output element is reduced by one thread in one order, so results
 // are bit-identical for any QFORGE_THREADS / set_num_threads().
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "kernels.hpp"
@@ -101,12 +104,24 @@ bool onednn_s8_matmul(std::int64_t M, std::int64_t N, std::int64_t K, const std:
     const dnnl::memory::desc a_md({M, K}, dt::s8, dnnl::memory::dims{lda, 1});
     const dnnl::memory::desc b_md({K, N}, dt::s8, dnnl::memory::dims{1, ldb});
     const dnnl::memory::desc c_md({M, N}, dt::s32, dnnl::memory::dims{ldc, 1});
-    // Primitive creation is cheap after the first call with a shape (oneDNN's primitive cache).
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), engine);
+    // Creating a primitive descriptor walks oneDNN's implementation list (tens of microseconds);
+    // W4A8 runs hundreds of same-shape products per call, so primitives are kept per shape.
+    static std::mutex mutex;
+    static std::map<std::array<std::int64_t, 6>, dnnl::matmul> cache;
+    dnnl::matmul prim;
+    {
+      std::lock_guard lock(mutex);
+      const std::array<std::int64_t, 6> key{M, N, K, lda, ldb, ldc};
+      auto it = cache.find(key);
+      if (it == cache.end())
+        it = cache.emplace(key, dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), engine)))
+                 .first;
+      prim = it->second;
+    }
     dnnl::stream stream(engine);
-    dnnl::matmul(pd).execute(stream, {{DNNL_ARG_SRC, dnnl::memory(a_md, engine, const_cast<std::int8_t*>(a))},
-                                      {DNNL_ARG_WEIGHTS, dnnl::memory(b_md, engine, const_cast<std::int8_t*>(b))},
-                                      {DNNL_ARG_DST, dnnl::memory(c_md, engine, c)}});
+    prim.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(a_md, engine, const_cast<std::int8_t*>(a))},
+                          {DNNL_ARG_WEIGHTS, dnnl::memory(b_md, engine, const_cast<std::int8_t*>(b))},
+                          {DNNL_ARG_DST, dnnl::memory(c_md, engine, c)}});
     stream.wait();
     return true;
   } catch (const dnnl::error&) {
