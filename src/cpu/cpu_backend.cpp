@@ -91,6 +91,15 @@ void quantize_activations(const cpu::KernelSet& ks, const float* a, std::int64_t
   });
 }
 
+// Per-thread scratch that only grows: large products would otherwise pay for zero-filling and
+// page-faulting fresh buffers on every call.
+template <class T, int kSlot>
+T* scratch(std::size_t n) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
 #if defined(QFORGE_HAS_ONEDNN)
 // int32 c[M, N] (row stride ldc) = a[M, K] (row stride lda) * b[N, K]^T (row stride ldb), through
 // oneDNN's matmul primitive: on CPUs with AMX or VNNI it picks its brgemm kernels, several times
@@ -308,14 +317,15 @@ class CpuBackend final : public Backend {
     // Group-major dense copies ([G][M][group] activations, [G][N][group] weights): the layout
     // oneDNN's brgemm (AMX/VNNI) kernels accept; strided slices would fall back to slower code.
     const std::int64_t groups = o.K / o.group, gs = o.group;
-    std::vector<std::int8_t> qa_g(static_cast<std::size_t>(o.M * o.K)), wq_g(static_cast<std::size_t>(o.N * o.K));
+    std::int8_t* qa_g = scratch<std::int8_t, 0>(static_cast<std::size_t>(o.M * o.K));
+    std::int8_t* wq_g = scratch<std::int8_t, 1>(static_cast<std::size_t>(o.N * o.K));
     for (std::int64_t m = 0; m < o.M; ++m)
       for (std::int64_t g = 0; g < groups; ++g)
-        std::memcpy(qa_g.data() + (g * o.M + m) * gs, qa.data() + m * o.K + g * gs, static_cast<std::size_t>(gs));
+        std::memcpy(qa_g + (g * o.M + m) * gs, qa.data() + m * o.K + g * gs, static_cast<std::size_t>(gs));
     for_chunks(o.N, rows_per_chunk(o.K), [&](std::int64_t n0, std::int64_t n1) {
       for (std::int64_t n = n0; n < n1; ++n)
         for (std::int64_t g = 0; g < groups; ++g)
-          ks.unpack_s4(o.w + n * (o.K / 2) + g * gs / 2, gs, wq_g.data() + (g * o.N + n) * gs);
+          ks.unpack_s4(o.w + n * (o.K / 2) + g * gs / 2, gs, wq_g + (g * o.N + n) * gs);
     });
     // Scales transposed to [groups, N], so each group's fold reads them contiguously.
     std::vector<float> scale_t(static_cast<std::size_t>(groups * o.N));
@@ -324,22 +334,22 @@ class CpuBackend final : public Backend {
     // Column panels keep one panel's int32 partials and float accumulators in cache across groups.
     constexpr std::int64_t kPanel = 1024;
     const std::int64_t panel = std::min(kPanel, o.N);
-    std::vector<std::int32_t> part(static_cast<std::size_t>(o.M * panel));
-    std::vector<float> acc(static_cast<std::size_t>(o.M * o.N), 0.0f);
+    std::int32_t* part = scratch<std::int32_t, 2>(static_cast<std::size_t>(o.M * panel));
+    float* acc = scratch<float, 3>(static_cast<std::size_t>(o.M * o.N));
+    std::fill(acc, acc + o.M * o.N, 0.0f);
     sync_onednn_threads();
     for (std::int64_t n0 = 0; n0 < o.N; n0 += panel) {
       const std::int64_t nn = std::min(panel, o.N - n0);
       for (std::int64_t g = 0; g < groups; ++g) {
-        if (!onednn_s8_matmul(o.M, nn, gs, qa_g.data() + g * o.M * gs, gs, wq_g.data() + (g * o.N + n0) * gs, gs,
-                              part.data(), nn))
+        if (!onednn_s8_matmul(o.M, nn, gs, qa_g + g * o.M * gs, gs, wq_g + (g * o.N + n0) * gs, gs, part, nn))
           return Status::kInternal;
         for (std::int64_t m = 0; m < o.M; ++m)
-          ks.fma_i32(acc.data() + m * o.N + n0, part.data() + m * nn, scale_t.data() + g * o.N + n0, nn);
+          ks.fma_i32(acc + m * o.N + n0, part + m * nn, scale_t.data() + g * o.N + n0, nn);
       }
     }
     for (std::int64_t m = 0; m < o.M; ++m)
       for (std::int64_t n = 0; n < o.N; ++n)
-        o.dst[m * o.ldd + n] = acc[static_cast<std::size_t>(m * o.N + n)] * sa[static_cast<std::size_t>(m)];
+        o.dst[m * o.ldd + n] = acc[m * o.N + n] * sa[static_cast<std::size_t>(m)];
     return Status::kSuccess;
   }
 #endif
