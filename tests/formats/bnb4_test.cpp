@@ -6,6 +6,7 @@
 #include <random>
 
 #include "qforge/formats/bnb4.hpp"
+#include "qforge/formats/checkpoint.hpp"
 
 namespace qforge::formats {
 namespace {
@@ -181,6 +182,26 @@ TEST(Bnb4, SaveLoadRoundTripsExactly) {
     EXPECT_EQ(got.nested_offset, want->nested_offset);
     EXPECT_EQ(bnb4_dequantize(got).vec(), bnb4_dequantize(*want).vec());
   }
+  fs::remove(path);
+}
+
+TEST(Bnb4, CheckpointShowsABitsandbytesWeightAsOneTensor) {
+  const std::string path = temp_file("checkpoint.safetensors");
+  const TensorF x = gaussian({4, 64}, 21);
+  const auto t = bnb4_quantize(x, {.double_quant = true});
+  SafetensorsWriter w;
+  add_bnb4(w, "fc.weight", t);
+  w.add_f32("fc.bias", gaussian({4}, 22));
+  w.write(path);
+  const Checkpoint c(path);
+  ASSERT_EQ(c.tensors().size(), 2u);
+  const auto* fc = c.find("fc.weight");
+  ASSERT_NE(fc, nullptr);
+  EXPECT_EQ(fc->type, "nf4 (bitsandbytes)");
+  EXPECT_EQ(fc->shape, (Shape{4, 64}));
+  EXPECT_TRUE(fc->quantized);
+  EXPECT_EQ(c.to_float("fc.weight").vec(), bnb4_dequantize(t).vec());
+  EXPECT_NE(c.find("fc.bias"), nullptr);
   fs::remove(path);
 }
 

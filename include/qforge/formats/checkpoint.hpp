@@ -1,6 +1,7 @@
 // One read-only view over the checkpoint files qforge handles, chosen by extension: GGUF
 // (.gguf) and safetensors (.safetensors), where qforge's quantized layout (NAME.qvalue /
-// NAME.scale / NAME.zero_point) appears as one logical tensor NAME. The CLI's inspect,
+// NAME.scale / NAME.zero_point) and bitsandbytes' 4-bit layout (NAME + NAME.absmax, NAME.quant_map,
+// NAME.quant_state.bitsandbytes__nf4|fp4, ...) each appear as one logical tensor NAME. The CLI's inspect,
 // dequantize, compare and quantize commands all read through this.
 #pragma once
 
@@ -9,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "qforge/formats/bnb4.hpp"
 #include "qforge/formats/gguf_file.hpp"
 #include "qforge/formats/qarray_io.hpp"
 #include "qforge/formats/safetensors.hpp"
@@ -54,6 +56,23 @@ class Checkpoint {
       tensors_.push_back({name, std::string(to_string(q.qtype())), q.shape(), q.nbytes(), true});
       for (const char* suffix : {".qvalue", ".scale", ".zero_point"}) parts.insert(name + suffix);
     }
+    for (const auto& e : st_->tensors()) {
+      for (const auto type : {Bnb4Type::kNf4, Bnb4Type::kFp4}) {
+        const std::string state_suffix = ".quant_state.bitsandbytes__" + std::string(to_string(type));
+        if (!e.name.ends_with(state_suffix)) continue;
+        const std::string name = e.name.substr(0, e.name.size() - state_suffix.size());
+        const Bnb4Tensor b = load_bnb4(*st_, name);
+        std::uint64_t nbytes = 0;
+        for (const char* suffix : {"", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map"})
+          if (const auto* part = st_->find(name + suffix)) {
+            nbytes += part->nbytes();
+            parts.insert(name + suffix);
+          }
+        parts.insert(e.name);
+        bnb4_.insert(name);
+        tensors_.push_back({name, std::string(to_string(type)) + " (bitsandbytes)", b.shape, nbytes + e.nbytes(), true});
+      }
+    }
     for (const auto& e : st_->tensors())
       if (!parts.count(e.name)) tensors_.push_back({e.name, std::string(to_string(e.dtype)), e.shape, e.nbytes(), false});
   }
@@ -74,6 +93,7 @@ class Checkpoint {
     if (gguf_) return gguf_->to_float(name);
     const auto* t = find(name);
     if (!t) throw_error(Status::kNotFound, "{}: no tensor '{}'", path_, name);
+    if (bnb4_.count(name)) return bnb4_dequantize(load_bnb4(*st_, name));
     if (t->quantized) return dequantize(load_qarray(*st_, name));
     return st_->to_float(name);
   }
@@ -94,6 +114,7 @@ class Checkpoint {
   std::optional<GgufFile> gguf_;
   std::optional<SafetensorsFile> st_;
   std::vector<CheckpointTensor> tensors_;
+  std::set<std::string> bnb4_;  // names stored in bitsandbytes' 4-bit layout
 };
 
 }  // namespace qforge::formats
