@@ -358,10 +358,12 @@ class CpuBackend final : public Backend {
   static Status run_op(const GemmW4A16Op& o) {
     const cpu::KernelSet& ks = kernels();
     const std::int64_t groups = o.K / o.group;
+    float* a = scratch<float, 4>(static_cast<std::size_t>(o.M * o.K));
+    for (std::int64_t m = 0; m < o.M; ++m) ks.w4_prepare(o.a + m * o.lda, o.K, o.group, a + m * o.K);
     for_chunks(o.N, rows_per_chunk(o.K / 2 * o.M), [&](std::int64_t n0, std::int64_t n1) {
       for (std::int64_t n = n0; n < n1; ++n)
         for (std::int64_t m = 0; m < o.M; ++m)
-          o.dst[m * o.ldd + n] = ks.dot_w4_f32(o.w + n * (o.K / 2), o.w_scales + n * groups, o.group, o.a + m * o.lda, o.K);
+          o.dst[m * o.ldd + n] = ks.dot_w4_f32(o.w + n * (o.K / 2), o.w_scales + n * groups, o.group, a + m * o.K, o.K);
     });
     return Status::kSuccess;
   }

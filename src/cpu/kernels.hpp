@@ -30,7 +30,12 @@ struct KernelSet {
   void (*fma_i32)(float* acc, const std::int32_t* part, const float* scale, std::int64_t n);
   // Packed int4 (element 2i low nibble) -> int8, n elements (n even).
   void (*unpack_s4)(const std::uint8_t* w, std::int64_t n, std::int8_t* out);
-  // sum_k a[k] * scales[k / group] * code[k] over one packed int4 row of K elements.
+  // Reorders one activation row into the order dot_w4_f32 consumes (identity for most sets; the
+  // AVX-512 set puts each 32-element chunk's even elements before its odd ones, matching the low
+  // and high nibbles of 16 packed bytes, so the kernel never interleaves).
+  void (*w4_prepare)(const float* a, std::int64_t K, std::int64_t group, float* out);
+  // sum_k a[k] * scales[k / group] * code[k] over one packed int4 row of K elements, with a
+  // already passed through w4_prepare.
   float (*dot_w4_f32)(const std::uint8_t* w, const float* scales, std::int64_t group, const float* a, std::int64_t K);
   // ggml block encoders, byte-exact with formats::quantize_row_*_ref.
   void (*encode_q8_0)(const float* x, void* dst, std::int64_t n);

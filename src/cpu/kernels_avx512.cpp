@@ -31,28 +31,58 @@ std::int32_t dot_s8_avx512(const std::int8_t* a, const std::int8_t* b, std::int6
   return _mm512_reduce_add_epi32(acc);
 }
 
+// Full 32-element chunks of each group: evens then odds (the nibble order of 16 packed bytes).
+void w4_prepare_avx512(const float* a, std::int64_t K, std::int64_t group, float* out) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (std::int64_t g0 = 0; g0 < K; g0 += group) {
+    std::int64_t k = g0;
+    for (; k + 32 <= g0 + group; k += 32) {
+      const __m512 lo = _mm512_loadu_ps(a + k), hi = _mm512_loadu_ps(a + k + 16);
+      _mm512_storeu_ps(out + k, _mm512_permutex2var_ps(lo, even, hi));
+      _mm512_storeu_ps(out + k + 16, _mm512_permutex2var_ps(lo, odd, hi));
+    }
+    for (; k < g0 + group; ++k) out[k] = a[k];
+  }
+}
+
+// Codes become floats by a 16-entry table lookup (vpermps on the nibble): no sign extension,
+// no int-to-float conversion.
 float dot_w4_f32_avx512(const std::uint8_t* w, const float* scales, std::int64_t group, const float* a, std::int64_t K) {
-  if (group % 32 != 0) return dot_w4_f32_avx2(w, scales, group, a, K);
+  const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1);
+  const __m128i mask = _mm_set1_epi8(0x0F);
   __m512 acc = _mm512_setzero_ps();
+  float tail = 0.0f;
   for (std::int64_t g = 0; g < K / group; ++g) {
     __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
-    for (std::int64_t k = g * group; k < (g + 1) * group; k += 32) {
+    std::int64_t k = g * group;
+    const std::int64_t end = k + group;
+    for (; k + 32 <= end; k += 32) {
       _mm_prefetch(reinterpret_cast<const char*>(w + k / 2) + 1024, _MM_HINT_T0);
-      const __m256i c = unpack32_s4(w + k / 2);
-      p0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c))), _mm512_loadu_ps(a + k), p0);
-      p1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1))),
-                           _mm512_loadu_ps(a + k + 16), p1);
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
+      const __m512i lo = _mm512_cvtepu8_epi32(_mm_and_si128(b, mask));
+      const __m512i hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), mask));
+      p0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(lo, table), _mm512_loadu_ps(a + k), p0);
+      p1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(hi, table), _mm512_loadu_ps(a + k + 16), p1);
+    }
+    float part = 0.0f;
+    for (; k < end; k += 2) {
+      part += a[k] * static_cast<float>(static_cast<int>((w[k / 2] & 0x0Fu) ^ 8u) - 8);
+      part += a[k + 1] * static_cast<float>(static_cast<int>((w[k / 2] >> 4) ^ 8u) - 8);
     }
     acc = _mm512_fmadd_ps(_mm512_add_ps(p0, p1), _mm512_set1_ps(scales[g]), acc);
+    tail += part * scales[g];
   }
-  return _mm512_reduce_add_ps(acc);
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(acc),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
+  return hsum256(h) + tail;
 }
 
 }  // namespace
 
 const KernelSet& avx512_kernels() {
   static const KernelSet set{"avx512",         absmax_avx512,       quantize_s8_avx2,       dot_s8_avx512, fma_i32_avx2,
-                             unpack_s4_avx2,   dot_w4_f32_avx512,   encode_q8_0_avx2,       encode_q4_0_avx2,
+                             unpack_s4_avx2,   w4_prepare_avx512, dot_w4_f32_avx512,   encode_q8_0_avx2,       encode_q4_0_avx2,
                              encode_q4_1_avx2, vec_dot_q4_0_q8_0_avx2, vec_dot_q4_1_q8_1_avx2, vec_dot_q8_0_q8_0_avx2,
                              dot_nf4_avx2};
   return set;

@@ -53,6 +53,8 @@ float dot_w4_f32(const std::uint8_t* w, const float* scales, std::int64_t group,
   return acc;
 }
 
+void w4_prepare(const float* a, std::int64_t K, std::int64_t, float* out) { std::copy(a, a + K, out); }
+
 float vec_dot_q4_0_q8_0(std::int64_t K, const void* w, const void* x) {
   return ReferenceBackend::vec_dot_blocks(formats::GgmlType::kQ4_0, K, w, x);
 }
@@ -86,6 +88,7 @@ const KernelSet& scalar_kernels() {
                              dot_s8,
                              fma_i32,
                              unpack_s4,
+                             w4_prepare,
                              dot_w4_f32,
                              formats::quantize_row_q8_0_ref,
                              formats::quantize_row_q4_0_ref,

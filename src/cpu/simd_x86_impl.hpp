@@ -139,7 +139,11 @@ void unpack_s4_avx2(const std::uint8_t* w, std::int64_t n, std::int8_t* out) {
   }
 }
 
-float dot_w4_f32_avx2(const std::uint8_t* w, const float* scales, std::int64_t group, const float* a, std::int64_t K) {
+[[maybe_unused]] void w4_prepare_identity(const float* a, std::int64_t K, std::int64_t, float* out) {
+  std::memcpy(out, a, static_cast<std::size_t>(K) * sizeof(float));
+}
+
+[[maybe_unused]] float dot_w4_f32_avx2(const std::uint8_t* w, const float* scales, std::int64_t group, const float* a, std::int64_t K) {
   __m256 acc = _mm256_setzero_ps();
   float tail = 0.0f;
   for (std::int64_t g = 0; g < K / group; ++g) {
