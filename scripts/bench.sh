@@ -35,6 +35,17 @@ def cpu_model():
         pass
     return "unknown"
 
+def cpu_flags():
+    wanted = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in wanted if f in have)
+    except OSError:
+        pass
+    return "unknown"
+
 def find(prefix):
     return [b for b in rows if b["name"].startswith(prefix)]
 
@@ -52,6 +63,7 @@ w("machine, so the ratios stay meaningful when the machine is shared or slower t
 w("absolute numbers do not.")
 w("")
 w(f"- CPU: {cpu_model()}, {ctx.get('num_cpus')} logical CPUs at {ctx.get('mhz_per_cpu')} MHz")
+w(f"- Instruction sets: {cpu_flags()}")
 w(f"- Run: {ctx.get('date')}, load average {', '.join(f'{x:.2f}' for x in ctx.get('load_avg', []))}")
 w(f"- Build: {ctx.get('library_build_type', '?')} Google Benchmark library; qforge built Release")
 import os

@@ -429,9 +429,11 @@ class CpuBackend final : public Backend {
   }
   static Status run_op(const GemvNf4Op& o) {
     const cpu::KernelSet& ks = kernels();
+    float* x = scratch<float, 5>(static_cast<std::size_t>(o.K));
+    ks.nf4_prepare(o.x, o.K, o.block, x);
     for_chunks(o.N, rows_per_chunk(o.K / 2), [&](std::int64_t n0, std::int64_t n1) {
       for (std::int64_t n = n0; n < n1; ++n)
-        o.y[n] = ks.dot_nf4(o.codes + n * o.K / 2, o.absmax + n * o.K / o.block, o.block, o.x, o.K, kNf4Values);
+        o.y[n] = ks.dot_nf4(o.codes + n * o.K / 2, o.absmax + n * o.K / o.block, o.block, x, o.K, kNf4Values);
     });
     return Status::kSuccess;
   }

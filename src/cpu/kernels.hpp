@@ -45,6 +45,9 @@ struct KernelSet {
   float (*vec_dot_q4_0_q8_0)(std::int64_t K, const void* w, const void* x);
   float (*vec_dot_q4_1_q8_1)(std::int64_t K, const void* w, const void* x);
   float (*vec_dot_q8_0_q8_0)(std::int64_t K, const void* w, const void* x);
+  // Reorders the NF4 GEMV's x once per call into the order dot_nf4 consumes (identity, or the
+  // AVX-512 set's evens-then-odds per 32-element chunk of each block, as w4_prepare).
+  void (*nf4_prepare)(const float* x, std::int64_t K, std::int64_t block, float* out);
   // One NF4 row: codes (high nibble first), absmax per block, x; table = the 16 code values.
   float (*dot_nf4)(const std::uint8_t* codes, const float* absmax, std::int64_t block, const float* x,
                    std::int64_t K, const float* table);

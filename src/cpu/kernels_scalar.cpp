@@ -96,6 +96,7 @@ const KernelSet& scalar_kernels() {
                              vec_dot_q4_0_q8_0,
                              vec_dot_q4_1_q8_1,
                              vec_dot_q8_0_q8_0,
+                             w4_prepare,
                              dot_nf4};
   return set;
 }

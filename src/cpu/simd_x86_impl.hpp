@@ -332,7 +332,7 @@ inline __m256 lookup16(__m256 t0, __m256 t1, __m256i idx) {
   return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 
-float dot_nf4_avx2(const std::uint8_t* codes, const float* absmax, std::int64_t block, const float* x, std::int64_t K,
+[[maybe_unused]] float dot_nf4_avx2(const std::uint8_t* codes, const float* absmax, std::int64_t block, const float* x, std::int64_t K,
                    const float* table) {
   const __m256 t0 = _mm256_loadu_ps(table), t1 = _mm256_loadu_ps(table + 8);
   __m256 acc = _mm256_setzero_ps();
