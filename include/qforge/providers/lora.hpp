@@ -85,7 +85,15 @@ struct LoraSite {
   std::optional<TensorF> base;  // dequantized QLoRA base [N, K]; unset: the float weight
   float scaling = 1.0f;
   float dropout = 0.0f;
+  std::string label;  // "site … (rule …)" for errors
 };
+
+// A diverging fine-tune shows up as NaN in the activations reaching the adapters.
+inline void check_finite_input(const TensorF& x, const std::string& label) {
+  for (std::int64_t i = 0; i < x.size(); ++i)
+    if (!std::isfinite(x[i]))
+      throw_error(Status::kNumericalError, "{}: the input activation holds a non-finite value ({}) at flat index {}", label, x[i], i);
+}
 
 class LoraInterceptor : public nn::Interceptor {
  public:
@@ -95,6 +103,7 @@ class LoraInterceptor : public nn::Interceptor {
     const auto it = sites_.find(call.site.id());
     if (it == sites_.end() || call.lhs.rank() != 2) return std::nullopt;
     const LoraSite& s = it->second;
+    if (ctx.training()) check_finite_input(call.lhs.value(), s.label);
     const nn::Var base = s.base ? nn::Var(*s.base) : call.rhs;
     nn::Var y = nn::matmul_nt(call.lhs, base);
     const nn::Var xd = ctx.training() ? dropout(call.lhs, s.dropout, rng_) : call.lhs;
@@ -127,17 +136,29 @@ inline rules::QuantizationReport quantize_model(nn::Module& model, const LoraPro
   };
   std::vector<Plan> plans;
   for (const auto& s : sites) {
-    if (!s.rule_index || s.config.lora_rank <= 0 || !s.weight || s.rhs_shape.size() != 2) {
+    if (!s.rule_index || s.config.lora_rank <= 0) {
       report.sites.push_back(site_report(s, nullptr, "float"));
       continue;
     }
+    // An adapter needs a weight to sit beside: a LoRA rule matching a product of two
+    // activations (attention scores) is a rule of the wrong op kind.
+    if (!s.weight || s.rhs_shape.size() != 2)
+      throw_error(Status::kInvalidArgument,
+                  "{}: a LoRA rule matched a {} site without a weight matrix; restrict the rule with op_names or "
+                  "module_path to Linear/Conv2d sites",
+                  site_label(s), s.site.op_name);
+    for (const char* suffix : {"_lora_a", "_lora_b"})
+      if (s.module->find_parameter(s.weight->name + suffix))
+        throw_error(Status::kInvalidArgument, "{}: parameter '{}{}' already exists (LoRA applied twice?)", site_label(s),
+                    s.weight_name, suffix);
+    check_finite(s.weight->var.value(), s, "weight '" + s.weight_name + "'");
     Plan p{&s, std::nullopt, std::nullopt, static_cast<std::uint64_t>(numel(s.rhs_shape)) * 4};
     if (s.config.weight_qtype) {
       rules::SiteConfig c = s.config;
       if (!c.tile_size && s.rhs_shape[1] % provider.options().base_block == 0) c.tile_size = provider.options().base_block;
       QuantizeOptions opts;
       opts.name = s.weight_name;
-      p.base = quantize(TensorF(s.rhs_shape, s.weight->var.value().vec()), weight_how(c, s.rhs_shape), opts);
+      p.base = at_site(s, [&] { return quantize(TensorF(s.rhs_shape, s.weight->var.value().vec()), weight_how(c, s.rhs_shape), opts); });
       p.base_bytes = p.base->nbytes();
       if (provider.options().double_quant) {
         auto [scales, bytes] = double_quantize_scales(p.base->scale());
@@ -158,7 +179,8 @@ inline rules::QuantizationReport quantize_model(nn::Module& model, const LoraPro
     const float bound = 1.0f / std::sqrt(static_cast<float>(K));  // PyTorch's kaiming_uniform(a=sqrt(5))
     nn::Parameter& a = s.module->add_parameter(s.weight->name + "_lora_a", nn::uniform_tensor({r, K}, bound, init));
     nn::Parameter& b = s.module->add_parameter(s.weight->name + "_lora_b", TensorF({N, r}));
-    detail::LoraSite ls{&a, &b, std::move(p.base_values), s.config.lora_alpha / static_cast<float>(r), s.config.lora_dropout};
+    detail::LoraSite ls{&a, &b, std::move(p.base_values), s.config.lora_alpha / static_cast<float>(r), s.config.lora_dropout,
+                        site_label(s)};
     rules::SiteReport rep = site_report(s, p.base ? &*p.base : nullptr, p.base ? "qlora" : "lora");
     rep.bytes_after = p.base_bytes + static_cast<std::uint64_t>((r * K + N * r) * 4);
     if (p.base && provider.options().double_quant) rep.note = "double-quantized block scales";

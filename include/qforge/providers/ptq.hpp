@@ -119,7 +119,8 @@ struct PreparedSite {
 
 class PtqInterceptor : public nn::Interceptor {
  public:
-  explicit PtqInterceptor(std::map<std::string, PreparedSite> sites) : sites_(std::move(sites)) {}
+  PtqInterceptor(std::map<std::string, PreparedSite> sites, std::vector<SiteInfo> order)
+      : sites_(std::move(sites)), order_(std::move(order)) {}
 
   std::optional<nn::Var> intercept(nn::Context&, const nn::SiteCall& call) override {
     const auto it = sites_.find(call.site.id());
@@ -138,6 +139,8 @@ class PtqInterceptor : public nn::Interceptor {
   }
 
   const std::map<std::string, PreparedSite>& sites() const { return sites_; }
+  // The resolved sites in execution order (what quantize_params needs to re-quantize offline).
+  const std::vector<SiteInfo>& site_order() const { return order_; }
 
   // The per-tensor-over-rows layout a frozen scale [1, T] implies.
   static HowToQuantize static_how(HowToQuantize how) {
@@ -148,6 +151,7 @@ class PtqInterceptor : public nn::Interceptor {
 
  private:
   std::map<std::string, PreparedSite> sites_;
+  std::vector<SiteInfo> order_;
 };
 
 class CalibrationInterceptor : public nn::Interceptor {
@@ -159,13 +163,17 @@ class CalibrationInterceptor : public nn::Interceptor {
   std::optional<nn::Var> intercept(nn::Context&, const nn::SiteCall& call) override {
     const auto it = sites_.find(call.site.id());
     if (it == sites_.end()) return std::nullopt;
+    const SiteInfo& site = *it->second;
     const TensorF lhs = rows_view(call.lhs);
-    const HowToQuantize how = act_how(it->second->config, lhs.shape(), call.rows_per_scale_group);
-    auto [hi, lo] = batch_range(lhs, how, call.site.id());
-    ActivationStats& st = stats[call.site.id()];
-    st.symmetric = parse_calibration_method(how.calibration_method).symmetric();
-    st.hi.update(hi, call.site.id());
-    st.lo.update(lo, call.site.id());
+    check_finite(lhs, site, "calibration activation");
+    at_site(site, [&] {
+      const HowToQuantize how = act_how(site.config, lhs.shape(), call.rows_per_scale_group);
+      auto [hi, lo] = batch_range(lhs, how, call.site.id());
+      ActivationStats& st = stats[call.site.id()];
+      st.symmetric = parse_calibration_method(how.calibration_method).symmetric();
+      st.hi.update(hi, call.site.id());
+      st.lo.update(lo, call.site.id());
+    });
     return std::nullopt;
   }
   CalibrationStats stats;
@@ -178,11 +186,29 @@ class CalibrationInterceptor : public nn::Interceptor {
 
 // Runs the float model over `batches` and collects static-range statistics for every site whose
 // rule asks for them. Statistics from shards of the data merge exactly (RunningMean::merge).
+// Every batch must have batch 0's shape except along the leading (batch) axis.
+inline void check_batch_shapes(const Batches& batches) {
+  if (batches.empty()) return;
+  const Shape& first = batches.front().shape();
+  for (std::size_t i = 0; i < batches.size(); ++i) {
+    const Shape& s = batches[i].shape();
+    if (s.empty() || s.size() != first.size() || !std::equal(s.begin() + 1, s.end(), first.begin() + 1))
+      throw_error(Status::kShapeMismatch,
+                  "calibration batch {} has shape {}, but batch 0 has {} (only the leading batch axis may differ)", i,
+                  shape_str(s), shape_str(first));
+  }
+}
+
 inline CalibrationStats calibrate_model(nn::Module& model, const std::vector<SiteInfo>& sites, const Batches& batches) {
+  check_batch_shapes(batches);
   detail::CalibrationInterceptor c(sites);
-  for (const auto& b : batches) {
+  for (std::size_t i = 0; i < batches.size(); ++i) {
     nn::Context ctx(&c, false);
-    model.forward(ctx, nn::Var(b));
+    try {
+      model.forward(ctx, nn::Var(batches[i]));
+    } catch (const Error& e) {
+      throw Error(e.status(), fmt::format("calibration batch {}: {}", i, e.what()));
+    }
   }
   return std::move(c.stats);
 }
@@ -195,21 +221,24 @@ inline QuantizedParams quantize_params(const std::map<std::string, TensorF>& fp_
   for (const auto& s : sites) {
     if (!s.config.weight_qtype || !s.weight) continue;
     const auto it = fp_params.find(s.weight_name);
-    if (it == fp_params.end()) throw_error(Status::kNotFound, "quantize_params: no float parameter '{}' for site {}", s.weight_name, s.site.id());
+    if (it == fp_params.end()) throw_error(Status::kNotFound, "quantize_params: no float parameter '{}' for {}", s.weight_name, site_label(s));
     if (it->second.size() != numel(s.rhs_shape))
-      throw_error(Status::kShapeMismatch, "quantize_params: parameter '{}' has shape {}, site {} needs {} values", s.weight_name,
-                  shape_str(it->second.shape()), s.site.id(), numel(s.rhs_shape));
+      throw_error(Status::kShapeMismatch, "quantize_params: parameter '{}' has shape {}, {} needs {} values", s.weight_name,
+                  shape_str(it->second.shape()), site_label(s), numel(s.rhs_shape));
     QuantizeOptions opts;
     opts.name = s.weight_name;
-    out.weights.insert_or_assign(s.weight_name, quantize(TensorF(s.rhs_shape, it->second.vec()), weight_how(s.config, s.rhs_shape), opts));
+    check_finite(it->second, s, "weight '" + s.weight_name + "'");
+    out.weights.insert_or_assign(s.weight_name, at_site(s, [&] {
+      return quantize(TensorF(s.rhs_shape, it->second.vec()), weight_how(s.config, s.rhs_shape), opts);
+    }));
     if (s.config.act_qtype && s.config.act_static_scale) {
       const auto st = stats.find(s.site.id());
       if (st == stats.end() || st->second.hi.count() == 0)
-        throw_error(Status::kNotFound, "quantize_params: site {} uses a static activation scale but has no calibration statistics", s.site.id());
+        throw_error(Status::kNotFound, "quantize_params: {} uses a static activation scale but has no calibration statistics", site_label(s));
       CalibratedRange range{st->second.lo.value(), st->second.hi.value(), st->second.symmetric};
       if (range.symmetric)
         for (std::int64_t i = 0; i < range.hi.size(); ++i) range.lo[i] = -range.hi[i];
-      out.act_scales.insert_or_assign(s.site.id(), compute_scale(range, *s.config.act_qtype));
+      out.act_scales.insert_or_assign(s.site.id(), at_site(s, [&] { return compute_scale(range, *s.config.act_qtype); }));
     }
   }
   return out;
@@ -224,18 +253,42 @@ inline rules::QuantizationReport install_quantized(nn::Module& model, const std:
   for (const auto& s : sites) {
     detail::PreparedSite p{s, std::nullopt, std::nullopt, "float"};
     if (s.config.weight_qtype && s.weight) {
-      p.weight = std::move(params.weights.at(s.weight_name));
+      const auto w = params.weights.find(s.weight_name);
+      if (w == params.weights.end())
+        throw_error(Status::kNotFound, "install_quantized: {} has no quantized weight '{}'", site_label(s), s.weight_name);
+      if (w->second.shape() != s.rhs_shape)
+        throw_error(Status::kShapeMismatch, "install_quantized: {}: quantized weight '{}' has shape {}, the site needs {}", site_label(s),
+                    s.weight_name, shape_str(w->second.shape()), shape_str(s.rhs_shape));
+      p.weight = std::move(w->second);
       p.mode = !s.config.act_qtype ? "weight-only" : s.config.act_static_scale ? "static-range" : "dynamic-range";
-      if (s.config.act_static_scale) p.act_scale = params.act_scales.at(s.site.id());
-    } else if (s.config.weight_qtype) {
-      p.mode = "float";
+      if (s.config.act_static_scale) {
+        const auto a = params.act_scales.find(s.site.id());
+        if (a == params.act_scales.end())
+          throw_error(Status::kNotFound, "install_quantized: {} needs a static activation scale and has none", site_label(s));
+        p.act_scale = a->second;
+      }
     }
     report.sites.push_back(site_report(s, p.weight ? &*p.weight : nullptr, p.mode));
     if (!s.weight && s.config.weight_qtype) report.sites.back().note = "product of two activations stays float";
     prepared.emplace(s.site.id(), std::move(p));
   }
-  model.install_interceptor(std::make_shared<detail::PtqInterceptor>(std::move(prepared)));
+  model.install_interceptor(std::make_shared<detail::PtqInterceptor>(std::move(prepared), sites));
   return report;
+}
+
+// The resolved sites of a model quantize_model(…, PtqProvider) has rewritten.
+inline const std::vector<SiteInfo>& quantized_sites(const nn::Module& quantized_model) {
+  const auto* ptq = dynamic_cast<const detail::PtqInterceptor*>(quantized_model.interceptor().get());
+  if (!ptq) throw_error(Status::kInvalidArgument, "the model was not quantized by a PtqProvider (no PTQ interceptor installed)");
+  return ptq->site_order();
+}
+
+// quantize_params against a quantized model's structure: new float parameters (a checkpoint
+// fine-tuned elsewhere, say) quantized offline by the model's rules, with no forward pass.
+// Install the result with install_quantized(model, quantized_sites(model), params).
+inline QuantizedParams quantize_params(const std::map<std::string, TensorF>& fp_params, const nn::Module& quantized_model,
+                                       const CalibrationStats& stats) {
+  return quantize_params(fp_params, quantized_sites(quantized_model), stats);
 }
 
 // Discovers the sites on batches[0], calibrates static-range sites on all batches, quantizes the

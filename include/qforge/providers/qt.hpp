@@ -101,8 +101,17 @@ class QtInterceptor : public nn::Interceptor {
     const auto it = sites_.find(call.site.id());
     if (it == sites_.end() || !it->second.info.config.weight_qtype || call.lhs.rank() != 2) return std::nullopt;
     QtSiteState& st = it->second;
-    const rules::SiteConfig& c = st.info.config;
     const TensorF x = rows_view(call.lhs), w = rows_view(call.rhs);
+    check_finite(x, st.info, "the input activation");
+    check_finite(w, st.info, "the weight");
+    return at_site(st.info, [&] { return quantized_product(ctx, call, st, x, w); });
+  }
+
+  const std::map<std::string, QtSiteState>& sites() const { return sites_; }
+
+ private:
+  nn::Var quantized_product(nn::Context& ctx, const nn::SiteCall& call, QtSiteState& st, const TensorF& x, const TensorF& w) {
+    const rules::SiteConfig& c = st.info.config;
     QuantizeOptions wopts;
     wopts.name = st.info.weight_name.empty() ? call.site.id() : st.info.weight_name;
     const HowToQuantize wh = weight_how(c, w.shape());
@@ -139,17 +148,19 @@ class QtInterceptor : public nn::Interceptor {
     const std::optional<QType> bwd = c.bwd_qtype;
     const bool stochastic = c.bwd_stochastic_rounding;
     const std::uint64_t seed = seed_ + 7919 * (st.rounding_draws++) + std::hash<std::string>{}(call.site.id());
-    const std::string name = call.site.id();
+    const SiteInfo info = st.info;
     // QAT residuals are the float operands (STE); QT's are the forward codes.
     return nn::make_result(std::move(y), {call.lhs, call.rhs},
-                           [x, w, xq, wq, qx, qw, mask_x, mask_w, integer_bwd, bwd, stochastic, seed, name](nn::Node& self) {
+                           [x, w, xq, wq, qx, qw, mask_x, mask_w, integer_bwd, bwd, stochastic, seed, info](nn::Node& self) {
       nn::Node& A = *self.inputs[0];
       nn::Node& B = *self.inputs[1];
       const TensorF& g = self.grad;
+      check_finite(g, info, "the incoming gradient");
       TensorF dx, dw;
       if (integer_bwd) {
+        const std::string gradient_name = info.site.id() + " gradient";
         QuantizeOptions gopts;
-        gopts.name = name + " gradient";
+        gopts.name = gradient_name;
         if (stochastic) gopts.stochastic_seed = seed;
         const HowToQuantize gh{*bwd, {0}, {}, "absmax"};
         // dx = g · W: fold W's per-row (per output) scale into g's columns, quantize g per row.
@@ -172,9 +183,6 @@ class QtInterceptor : public nn::Interceptor {
     });
   }
 
-  const std::map<std::string, QtSiteState>& sites() const { return sites_; }
-
- private:
   std::map<std::string, QtSiteState> sites_;
   std::uint64_t seed_;
 };
@@ -194,7 +202,7 @@ inline rules::QuantizationReport quantize_model(nn::Module& model, const QtProvi
     if (s.config.weight_qtype && s.weight) {
       QuantizeOptions opts;
       opts.name = s.weight_name;
-      q = quantize(TensorF(s.rhs_shape, s.weight->var.value().vec()), weight_how(s.config, s.rhs_shape), opts);
+      q = at_site(s, [&] { return quantize(TensorF(s.rhs_shape, s.weight->var.value().vec()), weight_how(s.config, s.rhs_shape), opts); });
     }
     report.sites.push_back(site_report(s, q ? &*q : nullptr, !s.config.weight_qtype ? "float" : s.config.bwd_qtype ? "qt" : "qat"));
     state.emplace(s.site.id(), detail::QtSiteState{s, {}, 0});

@@ -4,6 +4,7 @@
 // image for a convolution) with the same tile on K (qwix-semantics.md §2, op defaults).
 #pragma once
 
+#include <cmath>
 #include <map>
 #include <optional>
 #include <string>
@@ -74,6 +75,30 @@ std::vector<int> resolve_rules(std::vector<SiteInfo>& sites, const std::vector<R
     if (s.rule_index) s.config = matcher.config(*s.rule_index);
   }
   return matcher.finish_run();
+}
+
+// "site layers.0/dot_general0 (rule 2)": how errors name a site.
+inline std::string site_label(const SiteInfo& s) {
+  return fmt::format("site {} (rule {})", s.site.id(), s.rule_index ? std::to_string(*s.rule_index) : std::string("none"));
+}
+
+// Runs `fn`, re-raising a qforge::Error with the site and its rule in front of the message, so
+// a tile that does not divide a weight, or bad data met at a site, says where it happened.
+template <class Fn>
+decltype(auto) at_site(const SiteInfo& s, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const Error& e) {
+    throw Error(e.status(), fmt::format("{}: {}", site_label(s), e.what()));
+  }
+}
+
+// NaN or infinity reaching a quantized site (a diverging training run, bad input) is an error:
+// quantizing it would silently produce garbage scales.
+inline void check_finite(const TensorF& t, const SiteInfo& s, std::string_view what) {
+  for (std::int64_t i = 0; i < t.size(); ++i)
+    if (!std::isfinite(t[i]))
+      throw_error(Status::kNumericalError, "{}: {} holds a non-finite value ({}) at flat index {}", site_label(s), what, t[i], i);
 }
 
 // How the weight operand [N, K] (or [G, N, K]) is quantized.
