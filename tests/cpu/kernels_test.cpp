@@ -366,3 +366,22 @@ TEST(CpuKernels, OneDnnGemmF32WithinBoundAndThreadIndependent) {
       }
   }
 }
+
+TEST(CpuKernels, Int8GemmExactOverTheFullInt8Range) {
+  SCOPED_TRACE("seed=" + std::to_string(kSeed));
+  std::mt19937 rng(kSeed + 8);
+  std::uniform_int_distribution<int> byte(-128, 127);
+  struct Case { std::int64_t M, N, K; };
+  for (const Case c : {Case{1, 1, 1}, Case{3, 7, 13}, Case{33, 17, 257}, Case{64, 64, 1024}}) {
+    SCOPED_TRACE("M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K));
+    std::vector<std::int8_t> a(static_cast<std::size_t>(c.M * c.K)), b(static_cast<std::size_t>(c.N * c.K));
+    for (auto& v : a) v = static_cast<std::int8_t>(byte(rng));
+    for (auto& v : b) v = static_cast<std::int8_t>(byte(rng));
+    a[0] = b[0] = -128;  // the value a sign trick would get wrong
+    const std::size_t nd = static_cast<std::size_t>(c.M * c.N);
+    std::vector<std::int32_t> ref(nd), got(nd);
+    ReferenceBackend::run_op(qb::GemmS8S8S32Op{c.M, c.N, c.K, a.data(), b.data(), ref.data()});
+    ASSERT_EQ(cpu().run(qb::GemmS8S8S32Op{c.M, c.N, c.K, a.data(), b.data(), got.data()}), qforge::Status::kSuccess);
+    EXPECT_EQ(got, ref);
+  }
+}
