@@ -131,27 +131,26 @@ void run_suite(const AnalyzeArgs& a, const std::vector<TypeChoice>& types) {
     for (const auto& f : a.families) o.families.push_back(analysis::parse_weight_family(f));
   }
   if (o.rows <= 0 || o.cols <= 0) throw_error(Status::kInvalidArgument, "--rows and --cols must be positive");
-  if (o.group <= 0 || o.cols % o.group != 0)
+  const bool groups_asked = std::find(a.granularities.begin(), a.granularities.end(), "group") != a.granularities.end();
+  if (groups_asked && (o.group <= 0 || o.cols % o.group != 0))
     throw_error(Status::kInvalidArgument, "--group {} must divide --cols {}", o.group, o.cols);
+  if (!groups_asked) o.group = o.cols;  // any divisor will do; those rows are not shown
   fmt::print("generated [{}, {}] weights (std 0.02, seed {}); granularities per-tensor, per-channel, group {}\n", o.rows,
              o.cols, o.seed, o.group);
+  // The suite measures every granularity; keep those asked for (GGML types have their own blocks).
+  auto wanted = [&](const std::string& config) {
+    auto asked = [&](const char* g) { return std::find(a.granularities.begin(), a.granularities.end(), g) != a.granularities.end(); };
+    if (config.find("per-tensor") != std::string::npos) return asked("tensor");
+    if (config.find("per-channel") != std::string::npos) return asked("channel");
+    if (config.find(" group ") != std::string::npos) return asked("group");
+    return true;
+  };
   nlohmann::json j = nlohmann::json::array();
-  std::vector<analysis::QuantErrorReport> reports;
-  for (const auto& row : analysis::run_suite(o)) {
-    reports.push_back(row.report);
-    j.push_back(row.report.to_json());
-  }
-  // The table holds all granularities; callers that asked for fewer get what they asked for.
   std::vector<analysis::QuantErrorReport> shown;
-  for (const auto& r : reports) {
-    const bool per_tensor = r.config.find("per-tensor") != std::string::npos;
-    const bool per_channel = r.config.find("per-channel") != std::string::npos;
-    const bool group = r.config.find(" group ") != std::string::npos;
-    auto wanted = [&](const char* g) {
-      return std::find(a.granularities.begin(), a.granularities.end(), g) != a.granularities.end();
-    };
-    if ((per_tensor && !wanted("tensor")) || (per_channel && !wanted("channel")) || (group && !wanted("group"))) continue;
-    shown.push_back(r);
+  for (const auto& row : analysis::run_suite(o)) {
+    if (!wanted(row.report.config)) continue;
+    j.push_back(row.report.to_json());
+    shown.push_back(row.report);
   }
   fmt::print("{}", analysis::format_report_table(shown));
   if (a.outliers > 0 || !a.scales.empty()) {
@@ -200,6 +199,9 @@ void run_analyze(const AnalyzeArgs& a) {
   for (const auto& t : a.types) types.push_back(parse_type(t));
   if (types.empty()) throw_error(Status::kInvalidArgument, "--types: give at least one type");
   if (a.outliers < 0) throw_error(Status::kInvalidArgument, "--outliers must be >= 0");
+  for (const auto& g : a.granularities)
+    if (g != "tensor" && g != "channel" && g != "group")
+      throw_error(Status::kInvalidArgument, "--granularity: unknown '{}' (tensor, channel, group)", g);
   if (a.input.empty()) run_suite(a, types);
   else run_file(a, types);
 }

@@ -70,6 +70,21 @@ TEST(AnalyzeCommand, CheckpointTensors) {
   EXPECT_DOUBLE_EQ(rows[1]["bits_per_weight"].get<double>(), 4.5);
 }
 
+// --granularity filters the table and the JSON alike; GGML types keep their own blocks.
+TEST(AnalyzeCommand, GranularityFilter) {
+  ScratchDir dir;
+  const std::string json = dir / "c.json";
+  const auto r = run_qforge("analyze --rows 16 --cols 96 --types int4,q4_0 --granularity channel --family uniform --json " + json);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto rows = read_json(json);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0]["config"], "int4 per-channel");
+  EXPECT_EQ(rows[1]["config"], "Q4_0");
+  const auto bad = run_qforge("analyze --granularity row");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("--granularity: unknown 'row'"), std::string::npos) << bad.output;
+}
+
 TEST(AnalyzeCommand, BadInputIsAClearError) {
   ScratchDir dir;
   const auto bad_type = run_qforge("analyze --types int9");
