@@ -241,6 +241,16 @@ TEST(Bnb4, InconsistentFilesAreErrorsNamingFileAndTensor) {
     EXPECT_THROW(load_bnb4(f, "w"), Error);
     EXPECT_THROW(load_bnb4(f, "missing"), Error);
   }
+  {  // a shape whose element count overflows int64
+    SafetensorsWriter w;
+    w.add("w", Dtype::kU8, {64, 1}, t.packed);
+    const std::string json = R"({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [4294967296, 4294967296, 8]})";
+    w.add("w.quant_state.bitsandbytes__nf4", Dtype::kU8, {static_cast<std::int64_t>(json.size())},
+          std::vector<std::uint8_t>(json.begin(), json.end()));
+    w.write(path);
+    const SafetensorsFile f(path);
+    EXPECT_THROW(load_bnb4(f, "w"), Error);
+  }
   EXPECT_THROW(bnb4_quantize(gaussian({64}, 1), {.blocksize = 48}), Error);
   fs::remove(path);
 }

@@ -311,8 +311,10 @@ inline Bnb4Tensor load_bnb4(const SafetensorsFile& f, const std::string& name) {
   }
   if (t.blocksize <= 0) fail(fmt::format("blocksize {} is not positive", t.blocksize));
   if (t.nested && t.nested_blocksize <= 0) fail(fmt::format("nested_blocksize {} is not positive", t.nested_blocksize));
+  std::int64_t elements = 1;  // numel with overflow checks: the shape comes from the file
   for (auto d : t.shape)
-    if (d < 0 || d > (std::int64_t{1} << 40)) fail(fmt::format("shape dimension {} is out of range", d));
+    if (d < 0 || __builtin_mul_overflow(elements, d, &elements) || elements > (std::int64_t{1} << 48))
+      fail(fmt::format("shape {} is negative or impossibly large", shape_str(t.shape)));
   auto expect = [&](const std::string& key, Dtype dtype, std::int64_t count) -> std::span<const std::uint8_t> {
     const auto* e = f.find(key);
     if (!e) fail(fmt::format("missing '{}'", key));
