@@ -17,6 +17,15 @@ float absmax_avx512(const float* x, std::int64_t n) {
   return _mm512_reduce_max_ps(m);
 }
 
+void fma_i32_avx512(float* acc, const std::int32_t* part, const float* scale, std::int64_t n) {
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 p = _mm512_cvtepi32_ps(_mm512_loadu_si512(part + i));
+    _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(p, _mm512_loadu_ps(scale + i), _mm512_loadu_ps(acc + i)));
+  }
+  fma_i32_avx2(acc + i, part + i, scale + i, n - i);
+}
+
 // vpdpbusd multiplies unsigned by signed bytes: |a| times b with a's sign moved onto b.
 std::int32_t dot_s8_avx512(const std::int8_t* a, const std::int8_t* b, std::int64_t n) {
   __m512i acc = _mm512_setzero_si512();
@@ -110,7 +119,7 @@ float dot_nf4_avx512(const std::uint8_t* codes, const float* absmax, std::int64_
 }  // namespace
 
 const KernelSet& avx512_kernels() {
-  static const KernelSet set{"avx512",         absmax_avx512,       quantize_s8_avx2,       dot_s8_avx512, fma_i32_avx2,
+  static const KernelSet set{"avx512",         absmax_avx512,       quantize_s8_avx2,       dot_s8_avx512, fma_i32_avx512,
                              unpack_s4_avx2,   w4_prepare_avx512, dot_w4_f32_avx512,   encode_q8_0_avx2,       encode_q4_0_avx2,
                              encode_q4_1_avx2, vec_dot_q4_0_q8_0_avx2, vec_dot_q4_1_q8_1_avx2, vec_dot_q8_0_q8_0_avx2,
                              w4_prepare_avx512, dot_nf4_avx512};

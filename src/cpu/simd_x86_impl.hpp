@@ -132,6 +132,16 @@ inline __m256i unpack32_s4(const std::uint8_t* w) {
 
 void unpack_s4_avx2(const std::uint8_t* w, std::int64_t n, std::int8_t* out) {
   std::int64_t i = 0;
+  const __m256i m = _mm256_set1_epi8(0x0F), e = _mm256_set1_epi8(8);
+  for (; i + 64 <= n; i += 64) {
+    // 32 bytes -> 64 codes: in-lane interleave of low/high nibbles, then put the lanes in order.
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i / 2));
+    const __m256i lo = _mm256_sub_epi8(_mm256_xor_si256(_mm256_and_si256(b, m), e), e);
+    const __m256i hi = _mm256_sub_epi8(_mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m), e), e);
+    const __m256i v0 = _mm256_unpacklo_epi8(lo, hi), v1 = _mm256_unpackhi_epi8(lo, hi);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permute2x128_si256(v0, v1, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i + 32), _mm256_permute2x128_si256(v0, v1, 0x31));
+  }
   for (; i + 32 <= n; i += 32) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), unpack32_s4(w + i / 2));
   for (; i < n; i += 2) {
     out[i] = static_cast<std::int8_t>(static_cast<int>((w[i / 2] & 0x0Fu) ^ 8u) - 8);
