@@ -102,7 +102,7 @@ def aim(text, bench, key, target):
         w(f"| {text} | not measured | no |")
         return
     v = b[key]
-    w(f"| {text} | {v:.2f} | {'**yes**' if v >= target else '**no**'} |")
+    w(f"| {text} | {v:.3f} | {'**yes**' if v >= target else '**no**'} |")
 aim("Q8_0 encoding >= 0.50 of 1-thread read bandwidth", "BM_EncodeBlocks/8/1/", "ratio_to_read_bw", 0.50)
 aim("Q4_0 encoding >= 0.50 of 1-thread read bandwidth", "BM_EncodeBlocks/2/1/", "ratio_to_read_bw", 0.50)
 aim("Q4_0 x Q8_0 GEMV >= 0.65 of 1-thread read bandwidth", "BM_GemvQ4_0xQ8_0/1/", "ratio_to_read_bw", 0.65)
