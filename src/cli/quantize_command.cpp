@@ -16,6 +16,9 @@
 
 #include "cli_util.hpp"
 #include "command.hpp"
+#include "qforge/algorithms/gptq.hpp"
+#include "qforge/algorithms/qep.hpp"
+#include "qforge/algorithms/statistics.hpp"
 #include "qforge/analysis/metrics.hpp"
 #include "qforge/core/parallel.hpp"
 #include "qforge/formats/checkpoint.hpp"
@@ -229,10 +232,97 @@ Result copy_stored(const formats::Checkpoint& in, const formats::CheckpointTenso
   return r;
 }
 
-Result run_one(const formats::Checkpoint& in, const Planned& p, formats::FileFormat out_format) {
+// GGML blocks from a layer algorithm's codes and group parameters (groups of 32 along a row):
+// Q4_0/Q4_1 store code + 8 as nibbles (value j low, j + 16 high), Q8_0 the code; d (and Q4_1's m)
+// are the fp16-rounded group parameters, so decoding the blocks gives the layer's own weights.
+std::vector<std::uint8_t> pack_ggml_blocks(const algorithms::QuantizedLayer& q, formats::GgmlType type) {
+  const std::int64_t row_bytes = formats::ggml_row_bytes(type, q.cols);
+  std::vector<std::uint8_t> out(static_cast<std::size_t>(q.rows * row_bytes));
+  for (std::int64_t r = 0; r < q.rows; ++r)
+    for (std::int64_t b = 0; b < q.cols / 32; ++b) {
+      std::uint8_t* dst = out.data() + r * row_bytes + b * formats::ggml_traits(type).block_bytes;
+      const auto& prm = q.param(r, b * 32);
+      auto code = [&](std::int64_t j) { return q.codes[static_cast<std::size_t>(r * q.cols + b * 32 + j)]; };
+      const std::uint16_t d = fp32_to_fp16(prm.scale);
+      if (type == formats::GgmlType::kQ8_0) {
+        formats::BlockQ8_0 blk{d, {}};
+        for (int j = 0; j < 32; ++j) blk.qs[j] = code(j);
+        std::memcpy(dst, &blk, sizeof blk);
+      } else {
+        std::uint8_t qs[16];
+        for (int j = 0; j < 16; ++j)
+          qs[j] = static_cast<std::uint8_t>((code(j) + 8) | ((code(j + 16) + 8) << 4));
+        if (type == formats::GgmlType::kQ4_0) {
+          formats::BlockQ4_0 blk{d, {}};
+          std::memcpy(blk.qs, qs, 16);
+          std::memcpy(dst, &blk, sizeof blk);
+        } else {
+          formats::BlockQ4_1 blk{d, fp32_to_fp16(prm.offset), {}};
+          std::memcpy(blk.qs, qs, 16);
+          std::memcpy(dst, &blk, sizeof blk);
+        }
+      }
+    }
+  return out;
+}
+
+// The calibration statistics of a weight: by its module path (name without ".weight"), else by
+// the tensor name.
+const algorithms::LayerStatistics& statistics_for(const algorithms::StatisticsSet& stats, const std::string& calib,
+                                                  const formats::CheckpointTensor& t) {
+  const std::string module = t.name.ends_with(".weight") ? t.name.substr(0, t.name.size() - 7) : t.name;
+  for (const auto& key : {module, t.name})
+    if (auto it = stats.find(key); it != stats.end()) {
+      if (it->second.cols != t.shape.back())
+        throw_error(Status::kShapeMismatch, "{}: statistics '{}' are for {} inputs, tensor '{}' has {}", calib, key,
+                    it->second.cols, t.name, t.shape.back());
+      return it->second;
+    }
+  throw_error(Status::kNotFound, "{}: no statistics for tensor '{}' (looked for sites '{}' and '{}')", calib, t.name, module, t.name);
+}
+
+// GPTQ (or QEP correction then GPTQ) of one [out, in] weight into a GGML block type.
+Result run_layer_method(const TensorF& x, const formats::CheckpointTensor& t, const Planned& p, const QuantizeArgs& a,
+                        const algorithms::StatisticsSet& stats) {
+  if (x.rank() != 2)
+    throw_error(Status::kUnsupported, "--method {}: tensor '{}' has rank {}; layer methods take [out, in] matrices", a.method,
+                t.name, x.rank());
+  const auto& st = statistics_for(stats, a.calib, t);
+  algorithms::GptqOptions opt;
+  opt.grid = algorithms::parse_grid(std::string(formats::ggml_traits(p.target.ggml).name == "Q4_0"   ? "q4_0"
+                                                : formats::ggml_traits(p.target.ggml).name == "Q4_1" ? "q4_1"
+                                                                                                     : "q8_0"));
+  const std::int64_t rows = x.dim(0), cols = x.dim(1);
+  algorithms::QuantizedLayer q;
+  if (a.method == "qep") {
+    if (st.h_delta.empty())
+      throw_error(Status::kInvalidArgument, "--method qep: {} has no hessian_delta for tensor '{}' (collect statistics with "
+                  "a quantized stream)", a.calib, t.name);
+    q = algorithms::qep_gptq(x.data(), rows, cols, st.h.data(), st.h_delta.data(), algorithms::QepOptions{}, opt, t.name);
+  } else {
+    q = algorithms::gptq(x.data(), rows, cols, st.h.data(), opt, t.name);
+  }
+  Result r;
+  r.ggml = p.target.ggml;
+  r.bytes = pack_ggml_blocks(q, r.ggml);
+  r.out_bytes = r.bytes.size();
+  TensorF back(x.shape());
+  const std::int64_t row_bytes = formats::ggml_row_bytes(r.ggml, cols, t.name);
+  for (std::int64_t i = 0; i < rows; ++i) formats::decode_row(r.ggml, r.bytes.data() + i * row_bytes, back.data() + i * cols, cols);
+  r.error = analysis::compare(x.data(), back.data(), x.size());  // of what is written
+  return r;
+}
+
+Result run_one(const formats::Checkpoint& in, const Planned& p, formats::FileFormat out_format, const QuantizeArgs& a,
+               const algorithms::StatisticsSet& stats) {
   const auto& t = *p.tensor;
   if (p.target.kind == Target::Kind::kKeep && keeps_stored_bytes(t, in.format(), out_format))
     return copy_stored(in, t, out_format);
+  if (a.method != "rtn" && p.target.kind == Target::Kind::kGgml && formats::ggml_traits(p.target.ggml).quantized) {
+    const TensorF x = in.to_float(t.name);
+    check_finite(x.data(), QuantLayout(x.shape(), x.shape(), t.name), t.name);
+    return run_layer_method(x, t, p, a, stats);
+  }
   Result r;
   const TensorF x = in.to_float(t.name);
   const std::int64_t row = t.shape.empty() ? 1 : t.shape.back();
@@ -263,7 +353,7 @@ Result run_one(const formats::Checkpoint& in, const Planned& p, formats::FileFor
       HowToQuantize how;
       how.qtype = p.target.qtype;
       how.calibration_method = p.target.calibration;
-      for (int a = 0; a + 1 < static_cast<int>(x.shape().size()); ++a) how.channelwise_axes.push_back(a);
+      for (int ax = 0; ax + 1 < static_cast<int>(x.shape().size()); ++ax) how.channelwise_axes.push_back(ax);
       if (p.target.group > 0) how.tiled_axes[static_cast<int>(x.shape().size()) - 1] = p.target.group;
       QuantizeOptions opts;
       opts.name = t.name;
@@ -371,12 +461,15 @@ void check_paths(const QuantizeArgs& a) {
   std::error_code ec;
   if (fs::exists(a.output) && fs::equivalent(a.input, a.output, ec))
     throw_error(Status::kInvalidArgument, "{}: output is the input file; refusing to overwrite it", a.output);
-  if (a.method != "rtn")
-    throw_error(Status::kUnsupported,
-                "--method {}: this build quantizes checkpoints with rtn only; GPTQ, QEP and JointQ need calibration "
-                "statistics per layer (see docs/cli.md)",
-                a.method);
-  if (!a.calib.empty()) throw_error(Status::kUnsupported, "--calib is only used by --method gptq|qep|jointq");
+  if (a.method == "jointq")
+    throw_error(Status::kUnsupported, "--method jointq: not available for checkpoint files yet; use rtn, gptq or qep");
+  if (a.method != "rtn" && a.method != "gptq" && a.method != "qep")
+    throw_error(Status::kInvalidArgument, "--method {}: unknown (rtn, gptq, qep)", a.method);
+  if (a.method == "rtn" && !a.calib.empty()) throw_error(Status::kInvalidArgument, "--calib is only used by --method gptq|qep");
+  if (a.method != "rtn" && a.calib.empty())
+    throw_error(Status::kInvalidArgument, "--method {} needs --calib STATS.safetensors (per-layer Hessians, see `qforge stats`)", a.method);
+  if (a.method != "rtn" && formats::format_of(a.output) != formats::FileFormat::kGguf)
+    throw_error(Status::kUnsupported, "--method {}: writes GGUF block types (q4_0, q4_1, q8_0) only in this build; use a .gguf output", a.method);
 }
 
 void run_quantize(QuantizeArgs a) {
@@ -408,12 +501,13 @@ void run_quantize(QuantizeArgs a) {
     return;
   }
 
+  const algorithms::StatisticsSet stats = a.calib.empty() ? algorithms::StatisticsSet{} : algorithms::load_statistics(a.calib);
   std::vector<Result> results(planned.size());
   cli::Progress progress("quantize", static_cast<std::int64_t>(planned.size()));
   parallel_for_each(static_cast<std::int64_t>(planned.size()), a.threads > 0 ? a.threads : default_threads(), [&](std::int64_t i) {
     cli::throw_if_interrupted();
     const auto& p = planned[static_cast<std::size_t>(i)];
-    results[static_cast<std::size_t>(i)] = run_one(in, p, out_format);
+    results[static_cast<std::size_t>(i)] = run_one(in, p, out_format, a, stats);
     progress.advance(p.tensor->name + " -> " + p.target.label());
   });
   cli::throw_if_interrupted();
@@ -460,8 +554,10 @@ void setup_quantize(CLI::App& root) {
                   "uint4/uint8)");
   cmd->add_option("--rules", args.rules_path, "YAML/JSON list of {match, type, group_size, calibration}; first full match wins")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--method", args.method, "rtn (round to nearest)")->capture_default_str();
-  cmd->add_option("--calib", args.calib, "Calibration statistics (safetensors) for gptq/qep/jointq");
+  cmd->add_option("--method", args.method, "rtn (round to nearest), gptq or qep (GGUF q4_0/q4_1/q8_0, with --calib)")
+      ->capture_default_str();
+  cmd->add_option("--calib", args.calib, "Per-layer statistics (H, H_delta) from `qforge stats`, for gptq/qep")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--report", args.report_path, "Write the per-tensor report as JSON");
   cmd->add_flag("--dry-run", args.dry_run, "Print which rule hits which tensor and the sizes; write nothing");
   cmd->add_option("--threads", args.threads, "Worker threads (default: all cores)")->check(CLI::Range(0, 1 << 30));

@@ -13,6 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/cli_test_util.hpp"
+#include "qforge/algorithms/gptq.hpp"
+#include "qforge/algorithms/statistics.hpp"
 #include "qforge/analysis/weight_suite.hpp"
 #include "qforge/formats/checkpoint.hpp"
 
@@ -129,16 +131,16 @@ TEST(DequantizeCommand, GgufToSafetensorsIsTheReferenceDecoder) {
 TEST(QuantizeCommand, MethodsWithoutAnImplementationAreRefused) {
   ScratchDir dir;
   const std::string in = write_model(dir, 1), out = dir / "m.gguf";
-  for (const char* m : {"gptq", "qep", "jointq"}) {
-    const auto r = run_qforge("quantize " + in + " -o " + out + " --method " + m);
-    SCOPED_TRACE(r.output);
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_NE(r.output.find(std::string("--method ") + m), std::string::npos);
-    EXPECT_FALSE(std::filesystem::exists(out));
-  }
+  const auto r = run_qforge("quantize " + in + " -o " + out + " --method jointq");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("--method jointq: not available"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(out));
   const auto calib = run_qforge("quantize " + in + " -o " + out + " --calib " + in);
   EXPECT_EQ(calib.exit_code, 1);
   EXPECT_NE(calib.output.find("--calib"), std::string::npos) << calib.output;
+  const auto to_st = run_qforge("quantize " + in + " -o " + (dir / "m.safetensors.out.safetensors") + " --method gptq --calib " + in);
+  EXPECT_EQ(to_st.exit_code, 1);
+  EXPECT_NE(to_st.output.find("GGUF block types"), std::string::npos) << to_st.output;
 }
 
 // Quantizing a file that already holds quantized tensors keeps them as they are where the output
@@ -396,6 +398,59 @@ TEST(QuantizeRules, QwixStyleRuleFiles) {
   const auto bad = run_qforge("quantize " + in + " -o " + (dir / "x.safetensors") + " --rules " + rules);
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.output.find(rules + ":2: field 'weight_qtype': unknown qtype 'int9'"), std::string::npos) << bad.output;
+}
+
+// --method gptq with per-layer statistics: the GGUF blocks decode exactly to what
+// algorithms::gptq returns for the same weight and Hessian, and on the calibration inputs (strongly
+// correlated, so GPTQ has error to redistribute) the output error ||(W - Q) X|| is below RTN's.
+TEST(QuantizeCommand, GptqWithStatisticsIntoGguf) {
+  ScratchDir dir;
+  const std::int64_t rows = 32, cols = 64, tokens = 512;
+  const TensorF w = analysis::generate_weights(analysis::WeightFamily::kGaussian, rows, cols, 11);
+  analysis::WeightGenerator g(12);
+  std::vector<float> xs(static_cast<std::size_t>(tokens * cols));
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    const double common = g.normal();
+    for (std::int64_t j = 0; j < cols; ++j) xs[static_cast<std::size_t>(t * cols + j)] = static_cast<float>(common + 0.3 * g.normal());
+  }
+  formats::SafetensorsWriter mw;
+  mw.add_f32("proj.weight", w);
+  mw.add_f32("proj.bias", TensorF({rows}, 0.1f));
+  const std::string in = dir / "m.safetensors", calib = dir / "stats.safetensors", out = dir / "gptq.gguf", rtn = dir / "rtn.gguf";
+  mw.write(in);
+  algorithms::LayerStatistics st(cols);
+  st.add(xs.data(), nullptr, tokens, "proj");
+  algorithms::save_statistics({{"proj", st}}, calib);
+
+  const auto r = run_qforge("quantize " + in + " -o " + out + " --type q4_0 --method gptq --calib " + calib);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_EQ(run_qforge("quantize " + in + " -o " + rtn + " --type q4_0").exit_code, 0);
+  algorithms::GptqOptions opt;
+  opt.grid = algorithms::parse_grid("q4_0");
+  const auto want = algorithms::gptq(w.data(), rows, cols, st.h.data(), opt, "proj");
+  const TensorF got = formats::GgufFile(out).to_float("proj.weight"), plain = formats::GgufFile(rtn).to_float("proj.weight");
+  for (std::int64_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want.weight[static_cast<std::size_t>(i)]) << i;
+  auto output_error = [&](const TensorF& q) {
+    double e = 0;
+    for (std::int64_t t = 0; t < tokens; ++t)
+      for (std::int64_t o = 0; o < rows; ++o) {
+        double d = 0;
+        for (std::int64_t j = 0; j < cols; ++j)
+          d += (static_cast<double>(w.at(o, j)) - q.at(o, j)) * xs[static_cast<std::size_t>(t * cols + j)];
+        e += d * d;
+      }
+    return e;
+  };
+  EXPECT_LT(output_error(got), output_error(plain));
+
+  const auto no_calib = run_qforge("quantize " + in + " -o " + (dir / "x.gguf") + " --type q4_0 --method gptq");
+  EXPECT_EQ(no_calib.exit_code, 1);
+  EXPECT_NE(no_calib.output.find("--method gptq needs --calib"), std::string::npos) << no_calib.output;
+  algorithms::save_statistics({{"other", st}}, dir / "other.safetensors");
+  const auto missing = run_qforge("quantize " + in + " -o " + (dir / "x.gguf") + " --type q4_0 --method gptq --calib " + (dir / "other.safetensors"));
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.output.find("no statistics for tensor 'proj.weight'"), std::string::npos) << missing.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "x.gguf"));
 }
 
 // SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
