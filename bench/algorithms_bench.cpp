@@ -1,0 +1,132 @@
+// GPTQ, QEP and JointQ timing on one synthetic correlated layer, next to one float32 GEMM of the
+// same size on the same backend. Counters: output_rel_err of each method on held-in data, so a
+// run also gives the RTN / GPTQ / QEP / JointQ error table of docs/algorithms.md.
+// Size: the first argument (default 1024 columns, 1024 rows, 2048 tokens); --benchmark_filter and
+// a rebuild with kSizes extended to 4096 give the 4096x4096 configuration.
+#include <cmath>
+#include <map>
+#include <random>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "qforge/algorithms/jointq.hpp"
+#include "qforge/algorithms/qep.hpp"
+#include "qforge/algorithms/statistics.hpp"
+
+namespace qa = qforge::algorithms;
+
+namespace {
+struct Problem {
+  std::int64_t n = 0, tokens = 0;
+  std::vector<float> w, x, xq;
+  qa::LayerStatistics stats;
+};
+
+// AR(1) features (rho 0.9) with heavy-tailed token scales and outlier channels; the quantized
+// stream adds correlated noise of 5% (as an upstream quantized layer would).
+const Problem& problem(std::int64_t n) {
+  static std::map<std::int64_t, Problem> cache;
+  auto it = cache.find(n);
+  if (it != cache.end()) return it->second;
+  Problem p;
+  p.n = n;
+  p.tokens = 2 * n;
+  std::mt19937 gen(1234);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::chi_squared_distribution<float> chi(3.0f);
+  p.w.resize(static_cast<std::size_t>(n * n));
+  for (auto& v : p.w) v = 0.02f * d(gen);
+  p.x.resize(static_cast<std::size_t>(p.tokens * n));
+  p.xq.resize(p.x.size());
+  for (std::int64_t t = 0; t < p.tokens; ++t) {
+    const float tail = std::sqrt(3.0f / std::max(chi(gen), 0.05f));
+    float prev = d(gen), noise = 0.0f;
+    for (std::int64_t j = 0; j < n; ++j) {
+      prev = j == 0 ? prev : 0.9f * prev + 0.436f * d(gen);
+      noise = 0.8f * noise + 0.6f * d(gen);
+      const float v = prev * tail * (j % 97 == 5 ? 10.0f : 1.0f);
+      p.x[static_cast<std::size_t>(t * n + j)] = v;
+      p.xq[static_cast<std::size_t>(t * n + j)] = v + 0.05f * noise * tail;
+    }
+  }
+  p.stats = qa::LayerStatistics(n, true);
+  p.stats.add(p.x.data(), p.xq.data(), p.tokens);
+  return cache.emplace(n, std::move(p)).first->second;
+}
+
+// ‖X Wᵀ − X̂ Ŵᵀ‖² / ‖X Wᵀ‖² through the backend GEMM.
+double rel_err(const Problem& p, const std::vector<float>& wq) {
+  std::vector<float> y(static_cast<std::size_t>(p.tokens * p.n)), yq(y.size());
+  using qforge::backend::GemmF32Op;
+  qforge::backend::run(GemmF32Op{.M = p.tokens, .N = p.n, .K = p.n, .a = p.x.data(), .lda = p.n, .b = p.w.data(), .ldb = p.n, .dst = y.data(), .ldd = p.n});
+  qforge::backend::run(GemmF32Op{.M = p.tokens, .N = p.n, .K = p.n, .a = p.xq.data(), .lda = p.n, .b = wq.data(), .ldb = p.n, .dst = yq.data(), .ldd = p.n});
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    num += (static_cast<double>(y[i]) - yq[i]) * (static_cast<double>(y[i]) - yq[i]);
+    den += static_cast<double>(y[i]) * y[i];
+  }
+  return num / den;
+}
+
+qa::GridSpec grid(int bits) {
+  qa::GridSpec g;
+  g.bits = bits;
+  g.group_size = 128;
+  return g;
+}
+
+void BM_Gemm(benchmark::State& s) {
+  const auto& p = problem(s.range(0));
+  std::vector<float> c(static_cast<std::size_t>(p.n * p.n));
+  for (auto _ : s)
+    qforge::backend::run(qforge::backend::GemmF32Op{.M = p.n, .N = p.n, .K = p.n, .a = p.w.data(), .lda = p.n, .b = p.w.data(), .ldb = p.n, .dst = c.data(), .ldd = p.n});
+}
+
+void BM_Rtn(benchmark::State& s) {
+  const auto& p = problem(s.range(0));
+  qa::QuantizedLayer q;
+  for (auto _ : s) q = qa::quantize_rtn(p.w.data(), p.n, p.n, grid(static_cast<int>(s.range(1))));
+  s.counters["output_rel_err"] = rel_err(p, q.weight);
+}
+
+void BM_Gptq(benchmark::State& s) {
+  const auto& p = problem(s.range(0));
+  qa::GptqOptions o;
+  o.grid = grid(static_cast<int>(s.range(1)));
+  o.act_order = true;
+  qa::QuantizedLayer q;
+  for (auto _ : s) q = qa::gptq(p.w.data(), p.n, p.n, p.stats.h.data(), o);
+  s.counters["output_rel_err"] = rel_err(p, q.weight);
+}
+
+void BM_Qep(benchmark::State& s) {
+  const auto& p = problem(s.range(0));
+  qa::GptqOptions o;
+  o.grid = grid(static_cast<int>(s.range(1)));
+  o.act_order = true;
+  qa::QuantizedLayer q;
+  for (auto _ : s) q = qa::qep_gptq(p.w.data(), p.n, p.n, p.stats.h.data(), p.stats.h_delta.data(), qa::QepOptions{}, o);
+  s.counters["output_rel_err"] = rel_err(p, q.weight);
+}
+
+void BM_Jointq(benchmark::State& s) {
+  const auto& p = problem(s.range(0));
+  qa::JointqOptions o;
+  o.grid = grid(static_cast<int>(s.range(1)));
+  o.regularization_lambda = 0.0;
+  o.max_sweeps = 3;
+  qa::JointqResult r;
+  for (auto _ : s) r = qa::jointq(p.w.data(), p.n, p.n, p.stats.h.data(), static_cast<double>(p.tokens), o);
+  s.counters["output_rel_err"] = rel_err(p, r.layer.weight);
+}
+
+constexpr std::int64_t kSize = 512;
+}  // namespace
+
+BENCHMARK(BM_Gemm)->Arg(kSize)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Rtn)->Args({kSize, 4})->Args({kSize, 3})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_Gptq)->Args({kSize, 4})->Args({kSize, 3})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_Qep)->Args({kSize, 4})->Args({kSize, 3})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_Jointq)->Args({kSize, 4})->Args({kSize, 3})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK_MAIN();
