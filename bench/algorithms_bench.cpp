@@ -1,9 +1,10 @@
 // GPTQ, QEP and JointQ timing on one synthetic correlated layer, next to one float32 GEMM of the
 // same size on the same backend. Counters: output_rel_err of each method on held-in data, so a
 // run also gives the RTN / GPTQ / QEP / JointQ error table of docs/algorithms.md.
-// Size: the first argument (default 1024 columns, 1024 rows, 2048 tokens); --benchmark_filter and
-// a rebuild with kSizes extended to 4096 give the 4096x4096 configuration.
+// Size: QFORGE_ALG_BENCH_N (default 512: n x n weight, 2n tokens); 4096 is the configuration.
 #include <cmath>
+#include <cstdlib>
+#include <utility>
 #include <map>
 #include <random>
 #include <vector>
@@ -121,12 +122,19 @@ void BM_Jointq(benchmark::State& s) {
   s.counters["output_rel_err"] = rel_err(p, r.layer.weight);
 }
 
-constexpr std::int64_t kSize = 512;
 }  // namespace
 
-BENCHMARK(BM_Gemm)->Arg(kSize)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_Rtn)->Args({kSize, 4})->Args({kSize, 3})->Unit(benchmark::kMillisecond)->Iterations(1);
-BENCHMARK(BM_Gptq)->Args({kSize, 4})->Args({kSize, 3})->Unit(benchmark::kMillisecond)->Iterations(1);
-BENCHMARK(BM_Qep)->Args({kSize, 4})->Args({kSize, 3})->Unit(benchmark::kMillisecond)->Iterations(1);
-BENCHMARK(BM_Jointq)->Args({kSize, 4})->Args({kSize, 3})->Unit(benchmark::kMillisecond)->Iterations(1);
-BENCHMARK_MAIN();
+// Size from QFORGE_ALG_BENCH_N (default 512; the configuration is 4096).
+int main(int argc, char** argv) {
+  const char* env = std::getenv("QFORGE_ALG_BENCH_N");
+  const std::int64_t n = env && *env ? std::atoll(env) : 512;
+  benchmark::RegisterBenchmark("BM_Gemm", BM_Gemm)->Arg(n)->Unit(benchmark::kMillisecond);
+  using Fn = void (*)(benchmark::State&);
+  const std::pair<const char*, Fn> methods[] = {{"BM_Rtn", BM_Rtn}, {"BM_Gptq", BM_Gptq}, {"BM_Qep", BM_Qep}, {"BM_Jointq", BM_Jointq}};
+  for (const auto& [name, fn] : methods)
+    benchmark::RegisterBenchmark(name, fn)->Args({n, 4})->Args({n, 3})->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

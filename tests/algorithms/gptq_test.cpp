@@ -173,3 +173,19 @@ TEST(Gptq, DeadColumnsAreZeroedAndAllDeadIsRtn) {
   const auto z = qa::gptq(l.w.data(), 4, 32, zero.data(), qa::GptqOptions{});
   EXPECT_FALSE(z.notes.empty());
 }
+
+TEST(Gptq, UpperFactorTimesDampedHessianIsIdentity) {
+  // Uᵀ U (H + λI) = I up to double round-off scaled by the condition number (~1e4 here).
+  const auto l = correlated_layer(1, 48, 300, 55);
+  const auto hv = gram(l.x, l.tokens, l.cols);
+  const qa::MatrixXdR h = Eigen::Map<const qa::MatrixXdR>(hv.data(), 48, 48);
+  double damp = 0;
+  std::vector<std::string> notes;
+  const auto u = qa::inverse_cholesky_upper(h, 0.01, 0, "test", damp, notes);
+  qa::MatrixXdR hd = h;
+  hd.diagonal().array() += damp;
+  const qa::MatrixXdR id = u.transpose() * u * hd;
+  EXPECT_LT((id - qa::MatrixXdR::Identity(48, 48)).cwiseAbs().maxCoeff(), 1e-8);
+  EXPECT_EQ(u.triangularView<Eigen::StrictlyLower>().toDenseMatrix().cwiseAbs().maxCoeff(), 0.0);
+  EXPECT_GT(u.diagonal().minCoeff(), 0.0);
+}

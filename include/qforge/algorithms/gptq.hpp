@@ -57,17 +57,20 @@ inline MatrixXdR inverse_cholesky_upper(MatrixXdR h, double percdamp, int max_re
     MatrixXdR hd = h;
     const double damp = factor * mean_diag;
     hd.diagonal().array() += damp;
-    Eigen::LLT<MatrixXdR> llt(hd);
+    // With P the reversal permutation, P H P = R Rᵀ (R lower) gives H = Ũ Ũᵀ with Ũ = P R P upper,
+    // so H⁻¹ = Ũ⁻ᵀ Ũ⁻¹ and U = Ũ⁻¹ is the upper Cholesky factor of H⁻¹ (positive diagonal):
+    // one factorisation and one triangular inverse instead of chol, inverse and chol again.
+    Eigen::LLT<MatrixXdR> llt(hd.reverse());
     if (llt.info() == Eigen::Success) {
-      MatrixXdR hinv = llt.solve(MatrixXdR::Identity(c, c));
-      hinv = (hinv + hinv.transpose()) * 0.5;
-      Eigen::LLT<MatrixXdR> llt2(hinv);
-      if (llt2.info() == Eigen::Success) {
+      const MatrixXdR u_tilde = MatrixXdR(llt.matrixL()).reverse();
+      MatrixXdR u = u_tilde.triangularView<Eigen::Upper>().solve(MatrixXdR::Identity(c, c));
+      u.triangularView<Eigen::StrictlyLower>().setZero();
+      if (u.allFinite()) {
         damp_used = damp;
         if (attempt > 0)
           notes.push_back(fmt::format("{}: Hessian not positive definite at percdamp {}; succeeded at {}", site,
                                       percdamp, factor));
-        return llt2.matrixU();
+        return u;
       }
     }
   }
