@@ -59,7 +59,7 @@ TEST(Lora, QloraTrainsOnlyTheAdaptersAndReducesTheLoss) {
   for (std::int64_t i = 0; i < 64; ++i) labels.push_back(static_cast<int>((x.at(i, 0) > 0) + 2 * (x.at(i, 1) > 0)));
   const auto report = quantize_model(*model, LoraProvider({lora_rule(8, QType::kNf4)}), {x});
   EXPECT_EQ(report.sites[0].mode, "qlora");
-  EXPECT_EQ(report.sites[0].weight_scale_shape, (Shape{32, 1}));  // blocks of 64 along K = 64
+  EXPECT_EQ(report.sites[0].weight_scale_shape, (Shape{32}));  // 32·64 values in blocks of 64
   std::map<std::string, TensorF> frozen;
   for (auto& [name, p] : model->named_parameters())
     if (!p->trainable) frozen.emplace(name, p->var.value());
@@ -75,38 +75,73 @@ TEST(Lora, QloraTrainsOnlyTheAdaptersAndReducesTheLoss) {
   for (auto& [name, value] : frozen) EXPECT_EQ(model->parameter(name)->var.value().vec(), value.vec()) << name << " changed";
 }
 
-TEST(Lora, QloraBaseIsTheDequantizedNf4Weight) {
-  auto model = make_mlp();
-  const TensorF x = random_tensor({3, 64}, 3);
-  quantize_model(*model, LoraProvider({lora_rule(2, QType::kNf4)}), {x});
-  // With B = 0 the output is the weight-only NF4 model: compare with PTQ's weight-only path.
-  auto ptq = make_mlp();
-  // LoRA blocks 64 along K where K allows (layers.0, K = 64) and one scale per row otherwise
-  // (layers.2, K = 32).
-  rules::QuantizationRule r0, r2;
-  r0.module_path = "layers\\.0";
-  r0.weight_qtype = QType::kNf4;
-  r0.tile_size = std::int64_t{64};
-  r2.module_path = "layers\\.2";
-  r2.weight_qtype = QType::kNf4;
-  quantize_model(*ptq, PtqProvider({r0, r2}), {x});
-  const TensorF a = (*model)(nn::Var(x)).value(), b = (*ptq)(nn::Var(x)).value();
-  for (std::int64_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5f * (1 + std::fabs(b[i])));
+// The NF4 base is bitsandbytes' Linear4bit weight: the layer computes x·dequant(bnb4(W))ᵀ + b
+// while B = 0, and qlora_bases() returns the very tensors bitsandbytes would store.
+TEST(Lora, QloraBaseIsTheBitsandbytesNf4Weight) {
+  for (bool nested : {false, true}) {
+    SCOPED_TRACE(nested ? "double quantization" : "plain absmax");
+    auto model = make_mlp();
+    const TensorF x = random_tensor({3, 64}, 3);
+    const auto report = quantize_model(*model, LoraProvider({lora_rule(2, QType::kNf4)}, {7, nested, 64}), {x});
+    const auto bases = qlora_bases(*model);
+    ASSERT_EQ(bases.size(), 2u);
+    for (const char* name : {"layers.0.weight", "layers.2.weight"}) {
+      SCOPED_TRACE(name);
+      const TensorF& w = model->parameter(name)->var.value();
+      formats::Bnb4Options o;
+      o.double_quant = nested;
+      const formats::Bnb4Tensor want = formats::bnb4_quantize(w, o);
+      const formats::Bnb4Tensor& got = bases.at(name);
+      EXPECT_EQ(got.packed, want.packed);
+      EXPECT_EQ(got.block_absmax(), want.block_absmax());
+      EXPECT_EQ(got.nested, nested);
+    }
+    // layers.2 ([10, 32]): blocks of 64 span two rows of the flattened weight, as in bitsandbytes.
+    EXPECT_EQ(report.sites[1].weight_scale_shape, (Shape{5}));
+    // Layer 0 by hand: the float product with the dequantized base (B = 0: no adapter term).
+    nn::Context ctx(model->interceptor().get(), false);
+    nn::Linear* first = nullptr;
+    for (auto& [path, m] : model->named_modules())
+      if (path == "layers.0") first = dynamic_cast<nn::Linear*>(m);
+    ASSERT_NE(first, nullptr);
+    const TensorF y = first->forward(ctx, nn::Var(x)).value();
+    const TensorF base = formats::bnb4_dequantize(bases.at("layers.0.weight"));
+    for (std::int64_t i = 0; i < 3; ++i)
+      for (std::int64_t n = 0; n < 32; ++n) {
+        double acc = first->bias()->var.value()[n];
+        for (std::int64_t k = 0; k < 64; ++k) acc += double(x.at(i, k)) * base.at(n, k);
+        EXPECT_NEAR(y.at(i, n), acc, 1e-5 * (1 + std::fabs(acc)));
+      }
+  }
 }
 
-TEST(Lora, DoubleQuantizationShrinksScalesWithinTheirOwnStep) {
+// bitsandbytes' nested quantization of the absmax values: each reconstructed scale lies within
+// half of the dynamic map's widest gap (times the nested block's absmax) of the original.
+TEST(Lora, DoubleQuantizationUsesTheDynamicMapAroundTheMean) {
   TensorF scales({1000});
   nn::Rng rng(5);
   std::uniform_real_distribution<float> d(0.01f, 0.05f);
   for (auto& v : scales.vec()) v = d(rng);
   auto [back, bytes] = double_quantize_scales(scales);
-  EXPECT_LT(bytes, 1000u * 4 / 3);  // ~8 bits per scale plus one float per 256
+  EXPECT_EQ(bytes, 1000u + 4u * 4 + 4);  // a code per scale, an fp32 absmax per 256, the offset
+  const auto& map = formats::bnb_dynamic_map();
+  double gap = 0;
+  for (std::size_t i = 1; i < map.size(); ++i) gap = std::max(gap, double(map[i] - map[i - 1]));
   double mean = 0;
   for (float v : scales.vec()) mean += v / 1000.0;
-  double max_dev = 0;
-  for (float v : scales.vec()) max_dev = std::max(max_dev, std::fabs(v - mean));
-  // Each reconstructed scale is within half an int8 step of the block's centred absmax.
-  for (std::int64_t i = 0; i < 1000; ++i) EXPECT_NEAR(back[i], scales[i], max_dev / 127.5 / 2 * 1.001 + 1e-9);
+  for (std::int64_t b = 0; b < 1000; b += 256) {
+    double amax = 0;
+    for (std::int64_t i = b; i < std::min<std::int64_t>(1000, b + 256); ++i) amax = std::max(amax, std::fabs(scales[i] - mean));
+    for (std::int64_t i = b; i < std::min<std::int64_t>(1000, b + 256); ++i)
+      ASSERT_NEAR(back[i], scales[i], gap / 2 * amax * 1.001 + 1e-7) << i;
+  }
+  // Identical to bitsandbytes' own nesting of the absmax of a 4-bit tensor.
+  TensorF w({1000 * 64});
+  for (std::int64_t i = 0; i < w.size(); ++i) w[i] = scales[i / 64] * (i % 64 == 0 ? 1.0f : 0.5f);
+  formats::Bnb4Options o;
+  o.double_quant = true;
+  const auto nested = formats::bnb4_quantize(w, o).block_absmax();
+  for (std::int64_t i = 0; i < 1000; ++i) ASSERT_FLOAT_EQ(nested[static_cast<std::size_t>(i)], back[i]) << i;
 }
 
 TEST(Lora, BadRulesChangeNothing) {

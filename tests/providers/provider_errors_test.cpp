@@ -74,9 +74,14 @@ TEST(ProviderErrors, TileThatDoesNotDivideAWeightNamesSiteAndRule) {
   expect_contains(error_of([&] { quantize_model(*model, QtProvider({qt}), {x}); }), "site layers.2/dot_general0 (rule 0)");
   rules::LoraRule lora;
   lora.rank = 2;
-  lora.weight_qtype = QType::kNf4;
+  lora.weight_qtype = QType::kInt4;  // a QArray base, tiled along K
   lora.tile_size = std::int64_t{64};
   expect_contains(error_of([&] { quantize_model(*model, LoraProvider({lora}), {x}); }), "site layers.2/dot_general0 (rule 0)");
+  // An NF4 base uses bitsandbytes' flattened blocks: any power of two in [32, 4096] works, others do not.
+  lora.weight_qtype = QType::kNf4;
+  lora.tile_size = std::int64_t{48};
+  expect_contains(error_of([&] { quantize_model(*model, LoraProvider({lora}), {x}); }),
+                  "site layers.0/dot_general0 (rule 0): bnb4 quantize: blocksize 48 is not a power of two");
   EXPECT_EQ(model->interceptor(), nullptr);
   for (auto& [name, p] : model->named_parameters()) EXPECT_TRUE(p->trainable) << name;
 }
@@ -182,7 +187,7 @@ TEST(ProviderErrors, AllZeroWeightsQuantizeToExactZeros) {
   q.rank = 2;
   q.weight_qtype = QType::kNf4;
   const TensorF x = random_batch({3, 64}, 12);
-  quantize_model(*model, LoraProvider({q}, {0, true, 16}), {x});
+  quantize_model(*model, LoraProvider({q}, {0, true, 64}), {x});
   for (float v : (*model)(nn::Var(x)).value().vec()) ASSERT_TRUE(std::isfinite(v));
 }
 

@@ -10,15 +10,22 @@
 // Each matched weight site [N, K] gets two trainable parameters next to its weight, laid out as
 // PEFT does: `<weight>_lora_a` [rank, K] (Kaiming-uniform) and `<weight>_lora_b` [N, rank]
 // (zeros), and computes y = x·Wᵀ + dropout(x)·Aᵀ·Bᵀ·alpha/rank. Every other parameter of the
-// model is frozen. With weight_qtype set the base is quantized once (blockwise along K, 64 by
-// default as bitsandbytes does) and only its dequantized values are used; with double
-// quantization the block scales themselves are stored as int8 in blocks of 256 around their mean.
+// model is frozen. With weight_qtype set the base is quantized once and only its dequantized
+// values are used:
+//  - nf4: exactly as bitsandbytes' Linear4bit stores it (formats/bnb4.hpp) — the weight
+//    flattened row-major in blocks of 64 (LoraOptions::base_block, or the rule's integer
+//    tile_size), fp32 absmax per block, and with double_quant the absmax values quantized to
+//    bitsandbytes' 8-bit dynamic map in nested blocks of 256 around their mean. qlora_bases()
+//    returns these tensors, ready for formats::add_bnb4.
+//  - other qtypes (int4, ...): a qforge QArray, blockwise along K (64 where 64 divides K, one
+//    scale per row otherwise); double_quant quantizes its scales the same nested way.
 #pragma once
 
 #include <cmath>
 #include <memory>
 #include <random>
 
+#include "qforge/formats/bnb4.hpp"
 #include "qforge/providers/ptq.hpp"
 
 namespace qforge::providers {
@@ -41,23 +48,25 @@ class LoraProvider {
   LoraOptions options_;
 };
 
-// Double quantization of block scales: int8 symmetric in blocks of 256 around the mean scale.
-// Returns the scales the base will use (what a reader of the compressed form reconstructs) and
-// the bytes the compressed form takes.
+// Double quantization of block scales as bitsandbytes does it (compress_statistics): offset =
+// mean(scales); (scale - offset) quantized to the 8-bit dynamic map in nested blocks of 256, each
+// with its own fp32 absmax. Returns the scales the base will use (what a reader of the compressed
+// form reconstructs) and the bytes the compressed form takes (a code per scale, a float per
+// nested block, the offset).
 inline std::pair<TensorF, std::uint64_t> double_quantize_scales(const TensorF& scales) {
-  double mean = 0;
-  for (float s : scales.vec()) mean += s;
-  mean /= static_cast<double>(std::max<std::int64_t>(scales.size(), 1));
   const std::int64_t n = scales.size(), block = 256;
+  double sum = 0;
+  for (float v : scales.vec()) sum += v;
+  const float offset = n ? static_cast<float>(sum / static_cast<double>(n)) : 0.0f;
+  const auto& map = formats::bnb_dynamic_map();
   TensorF out(scales.shape());
-  std::uint64_t bytes = sizeof(float);  // the mean
+  std::uint64_t bytes = sizeof(float);
   for (std::int64_t b = 0; b < n; b += block) {
     const std::int64_t e = std::min(n, b + block);
-    TensorF centred({e - b});
-    for (std::int64_t i = b; i < e; ++i) centred[i - b] = static_cast<float>(scales[i] - mean);
-    const QArray q = quantize(centred, {QType::kInt8, {}, {}, "absmax"});
-    const TensorF back = dequantize(q);
-    for (std::int64_t i = b; i < e; ++i) out[i] = static_cast<float>(back[i - b] + mean);
+    float amax = 0;
+    for (std::int64_t i = b; i < e; ++i) amax = std::max(amax, std::fabs(scales[i] - offset));
+    const float inv = amax > 0 ? 1.0f / amax : 0.0f;
+    for (std::int64_t i = b; i < e; ++i) out[i] = map[formats::nearest_code(map, (scales[i] - offset) * inv)] * amax + offset;
     bytes += static_cast<std::uint64_t>(e - b) + sizeof(float);
   }
   return {out, bytes};
@@ -86,6 +95,8 @@ struct LoraSite {
   float scaling = 1.0f;
   float dropout = 0.0f;
   std::string label;  // "site … (rule …)" for errors
+  std::optional<formats::Bnb4Tensor> bnb_base;  // an nf4 base in bitsandbytes' layout
+  std::string module_path;  // the module the adapters live in
 };
 
 // A diverging fine-tune shows up as NaN in the activations reaching the adapters.
@@ -98,6 +109,8 @@ inline void check_finite_input(const TensorF& x, const std::string& label) {
 class LoraInterceptor : public nn::Interceptor {
  public:
   LoraInterceptor(std::map<std::string, LoraSite> sites, std::uint64_t seed) : sites_(std::move(sites)), rng_(seed) {}
+
+  const std::map<std::string, LoraSite>& sites() const { return sites_; }
 
   std::optional<nn::Var> intercept(nn::Context& ctx, const nn::SiteCall& call) override {
     const auto it = sites_.find(call.site.id());
@@ -133,6 +146,7 @@ inline rules::QuantizationReport quantize_model(nn::Module& model, const LoraPro
     std::optional<QArray> base;
     std::optional<TensorF> base_values;
     std::uint64_t base_bytes = 0;
+    std::optional<formats::Bnb4Tensor> bnb;
   };
   std::vector<Plan> plans;
   for (const auto& s : sites) {
@@ -152,8 +166,16 @@ inline rules::QuantizationReport quantize_model(nn::Module& model, const LoraPro
         throw_error(Status::kInvalidArgument, "{}: parameter '{}{}' already exists (LoRA applied twice?)", site_label(s),
                     s.weight_name, suffix);
     check_finite(s.weight->var.value(), s, "weight '" + s.weight_name + "'");
-    Plan p{&s, std::nullopt, std::nullopt, static_cast<std::uint64_t>(numel(s.rhs_shape)) * 4};
-    if (s.config.weight_qtype) {
+    Plan p{&s, std::nullopt, std::nullopt, static_cast<std::uint64_t>(numel(s.rhs_shape)) * 4, std::nullopt};
+    if (s.config.weight_qtype == QType::kNf4 && !std::holds_alternative<double>(s.config.tile_size.value_or(std::int64_t{0}))) {
+      formats::Bnb4Options o;
+      o.blocksize = s.config.tile_size ? std::get<std::int64_t>(*s.config.tile_size) : provider.options().base_block;
+      o.double_quant = provider.options().double_quant;
+      p.bnb = at_site(s, [&] { return formats::bnb4_quantize(s.weight->var.value().data(), s.rhs_shape, o); });
+      p.base_values = formats::bnb4_dequantize(*p.bnb);
+      p.base_bytes = p.bnb->packed.size() + (p.bnb->nested ? p.bnb->absmax_codes.size() + 4 * p.bnb->nested_absmax.size() + 4
+                                                            : 4 * p.bnb->absmax.size());
+    } else if (s.config.weight_qtype) {
       rules::SiteConfig c = s.config;
       if (!c.tile_size && s.rhs_shape[1] % provider.options().base_block == 0) c.tile_size = provider.options().base_block;
       QuantizeOptions opts;
@@ -179,11 +201,18 @@ inline rules::QuantizationReport quantize_model(nn::Module& model, const LoraPro
     const float bound = 1.0f / std::sqrt(static_cast<float>(K));  // PyTorch's kaiming_uniform(a=sqrt(5))
     nn::Parameter& a = s.module->add_parameter(s.weight->name + "_lora_a", nn::uniform_tensor({r, K}, bound, init));
     nn::Parameter& b = s.module->add_parameter(s.weight->name + "_lora_b", TensorF({N, r}));
+    rules::SiteReport rep = site_report(s, p.base ? &*p.base : nullptr, p.base || p.bnb ? "qlora" : "lora");
+    if (p.bnb) {
+      rep.weight_qtype = "nf4";
+      rep.weight_scale_shape = {p.bnb->blocks()};
+      rep.weight_error = analysis::compare(s.weight->var.value().data(), p.base_values->data(), p.base_values->size());
+      rep.note = fmt::format("bitsandbytes layout, block {}", p.bnb->blocksize);
+    }
     detail::LoraSite ls{&a, &b, std::move(p.base_values), s.config.lora_alpha / static_cast<float>(r), s.config.lora_dropout,
-                        site_label(s)};
-    rules::SiteReport rep = site_report(s, p.base ? &*p.base : nullptr, p.base ? "qlora" : "lora");
+                        site_label(s), std::move(p.bnb), s.module->path()};
     rep.bytes_after = p.base_bytes + static_cast<std::uint64_t>((r * K + N * r) * 4);
-    if (p.base && provider.options().double_quant) rep.note = "double-quantized block scales";
+    if ((p.base || ls.bnb_base) && provider.options().double_quant)
+      rep.note += std::string(rep.note.empty() ? "" : ", ") + "double-quantized block scales";
     report.sites.push_back(std::move(rep));
     lora.emplace(s.site.id(), std::move(ls));
   }
@@ -192,6 +221,21 @@ inline rules::QuantizationReport quantize_model(nn::Module& model, const LoraPro
   std::sort(report.sites.begin(), report.sites.end(), [&](const auto& x, const auto& y) { return order[x.site] < order[y.site]; });
   model.install_interceptor(std::make_shared<detail::LoraInterceptor>(std::move(lora), provider.options().seed + 1));
   return report;
+}
+
+// The frozen NF4 bases of a QLoRA model in bitsandbytes' layout, by weight parameter path, to
+// write with formats::add_bnb4 next to the adapters.
+inline std::map<std::string, formats::Bnb4Tensor> qlora_bases(const nn::Module& model) {
+  const auto* lora = dynamic_cast<const detail::LoraInterceptor*>(model.interceptor().get());
+  if (!lora) throw_error(Status::kInvalidArgument, "the model has no LoRA adapters (no LoraProvider installed)");
+  std::map<std::string, formats::Bnb4Tensor> out;
+  for (const auto& [id, site] : lora->sites())
+    if (site.bnb_base) {
+      const std::string& a = site.a->name;  // "<weight>_lora_a"
+      const std::string prefix = site.module_path.empty() ? "" : site.module_path + ".";
+      out.emplace(prefix + a.substr(0, a.size() - 7), *site.bnb_base);
+    }
+  return out;
 }
 
 }  // namespace qforge::providers
