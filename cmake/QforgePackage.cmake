@@ -14,6 +14,10 @@ if(TARGET qforge_cli)
   install(TARGETS qforge_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
 install(EXPORT qforgeTargets NAMESPACE qforge:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/qforge)
+get_property(QFORGE_CPU_USES_OPENMP GLOBAL PROPERTY QFORGE_CPU_USES_OPENMP)
+if(NOT QFORGE_CPU_USES_OPENMP)
+  set(QFORGE_CPU_USES_OPENMP OFF)
+endif()
 configure_package_config_file(cmake/qforgeConfig.cmake.in
   ${PROJECT_BINARY_DIR}/qforgeConfig.cmake
   INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/qforge)
