@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs qforge's build and test dependencies from Debian packages. Idempotent and fast when
 # everything is present: it only calls apt-get when a package is missing.
+# libdnnl-dev only recommends the OpenCL ICD and headers, yet its CMake config fails without them,
+# so they are listed here because we install with --no-install-recommends.
 set -euo pipefail
 packages=(
   cmake ninja-build g++ ccache pkg-config
   libeigen3-dev libxtensor-dev xtl-dev libxsimd-dev libfmt-dev libdnnl-dev
+  ocl-icd-opencl-dev opencl-c-headers
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-venv
