@@ -1,6 +1,7 @@
 // QuantizationReport: what a provider did, site by site — the rule that matched, the qtypes, the
 // scale shapes, the weight error and the bytes before and after — printable as a table and as
-// JSON. Every quantize_model call returns one.
+// JSON. Every quantize_model call returns one. Sites quantized by a layer algorithm (GPTQ, QEP,
+// JointQ) also carry the method, its loss, the Hessian-weighted output error and the damping.
 #pragma once
 
 #include <cmath>
@@ -30,6 +31,13 @@ struct SiteReport {
   analysis::ErrorStats weight_error;
   std::uint64_t bytes_before = 0, bytes_after = 0;
   std::string note;
+  // Layer algorithms only (method empty otherwise): "gptq", "qep" or "jointq"; the algorithm's
+  // own objective; ‖X̂(W−Ŵ)ᵀ‖²/‖X̂Wᵀ‖² over the calibration inputs (from the Hessian); the
+  // absolute damping added to the Hessian diagonal (after any retries, which `note` lists).
+  std::string method;
+  double loss = 0.0;
+  double hessian_rel_err = 0.0;
+  double damping = 0.0;
 };
 
 struct QuantizationReport {
@@ -55,12 +63,20 @@ struct QuantizationReport {
 
   nlohmann::json to_json() const {
     nlohmann::json sites_json = nlohmann::json::array();
-    for (const auto& s : sites)
+    for (const auto& s : sites) {
       sites_json.push_back({{"site", s.site}, {"module_path", s.module_path}, {"op_name", s.op_name},
                             {"weight", s.weight}, {"rule_index", s.rule_index}, {"mode", s.mode},
                             {"weight_qtype", s.weight_qtype}, {"act_qtype", s.act_qtype},
                             {"weight_scale_shape", s.weight_scale_shape}, {"weight_error", s.weight_error.to_json()},
                             {"bytes_before", s.bytes_before}, {"bytes_after", s.bytes_after}, {"note", s.note}});
+      if (!s.method.empty()) {
+        auto& j = sites_json.back();
+        j["method"] = s.method;
+        j["loss"] = s.loss;
+        j["hessian_rel_err"] = s.hessian_rel_err;
+        j["damping"] = s.damping;
+      }
+    }
     return {{"provider", provider}, {"sites", sites_json}, {"unused_rules", unused_rules},
             {"bytes_before", bytes_before()}, {"bytes_after", bytes_after()}};
   }
@@ -79,11 +95,20 @@ struct QuantizationReport {
                          q ? shape_str(s.weight_scale_shape) : "-",
                          q ? fmt::format("{:.4f}", s.weight_error.relative) : "-",
                          q && std::isfinite(s.weight_error.sqnr_db) ? fmt::format("{:.2f}", s.weight_error.sqnr_db) : "-",
-                         s.bytes_before, s.bytes_after, s.note.empty() ? "" : "  (" + s.note + ")");
+                         s.bytes_before, s.bytes_after, note_text(s));
     }
     for (int r : unused_rules) out += fmt::format("rule {} matched no site\n", r);
     out += fmt::format("weights: {} -> {} bytes\n", bytes_before(), bytes_after());
     return out;
+  }
+
+ private:
+  static std::string note_text(const SiteReport& s) {
+    std::string t;
+    if (!s.method.empty())
+      t = fmt::format("{}, loss {:.3g}, H-err {:.3g}, damp {:.3g}", s.method, s.loss, s.hessian_rel_err, s.damping);
+    if (!s.note.empty()) t += (t.empty() ? "" : "; ") + s.note;
+    return t.empty() ? t : "  (" + t + ")";
   }
 };
 
