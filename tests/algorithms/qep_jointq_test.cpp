@@ -134,6 +134,6 @@ TEST(Jointq, RegularisationActOrderAndIncrementalLambda) {
   o.regularization_mode = "diagonal";
   EXPECT_THROW(qa::jointq(l.w.data(), 8, 32, h.data(), 300.0, o), qforge::Error);
   o.lambda_mode = "fixed_lambda";
-  o.grid = qa::parse_grid("q4_0");
+  o.grid = qa::parse_grid("nf4");
   EXPECT_THROW(qa::jointq(l.w.data(), 8, 32, h.data(), 300.0, o), qforge::Error);
 }

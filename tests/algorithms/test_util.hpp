@@ -39,14 +39,20 @@ inline Layer correlated_layer(std::int64_t rows, std::int64_t cols, std::int64_t
   return l;
 }
 
-inline std::vector<double> gram(const std::vector<float>& x, std::int64_t tokens, std::int64_t cols) {
+// Σ_t a_tᵀ b_t ([cols, cols], rows indexed by a's column): X̂ᵀX for (a, b) = (X̂, X).
+inline std::vector<double> cross_gram(const std::vector<float>& a, const std::vector<float>& b, std::int64_t tokens,
+                                      std::int64_t cols) {
   std::vector<double> h(static_cast<std::size_t>(cols * cols), 0.0);
   for (std::int64_t t = 0; t < tokens; ++t)
-    for (std::int64_t a = 0; a < cols; ++a) {
-      const double xa = x[static_cast<std::size_t>(t * cols + a)];
-      for (std::int64_t b = 0; b < cols; ++b) h[static_cast<std::size_t>(a * cols + b)] += xa * x[static_cast<std::size_t>(t * cols + b)];
+    for (std::int64_t i = 0; i < cols; ++i) {
+      const double ai = a[static_cast<std::size_t>(t * cols + i)];
+      for (std::int64_t j = 0; j < cols; ++j) h[static_cast<std::size_t>(i * cols + j)] += ai * b[static_cast<std::size_t>(t * cols + j)];
     }
   return h;
+}
+
+inline std::vector<double> gram(const std::vector<float>& x, std::int64_t tokens, std::int64_t cols) {
+  return cross_gram(x, x, tokens, cols);
 }
 
 // sum over tokens of ||W x - Wq xq||^2 (xq = x when null).

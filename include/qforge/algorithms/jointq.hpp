@@ -1,21 +1,30 @@
 // JointQ as OneComp defines it (onecomp.md §1), on the CPU, one row per task (threaded).
 //
-// Per row i it minimises (w_i − ŵ_i) XX_reg (w_i − ŵ_i)ᵀ with ŵ = s_t · v (per group t, v integer
-// codes relative to the group's fixed zero point) and XX_reg = XX + nλR:
+// Per row i it minimises (w_i − ŵ_i) A (w_i − ŵ_i)ᵀ with ŵ = s_t · v (per group t, v integer
+// codes relative to the group's fixed zero point) and A = XX + nλR:
 //   R = I ("identity") or diag((XX_jj / mean diag XX)^γ) ("diagonal").
-// Candidates (each with a joint scale refit that is kept only when it helps), per-row best-of:
-//   clip-optimise (min/max rounding + one decoupled local search per group) and GPTQ (on the
-//   unregularised XX). Then sweeps: per group, a ±1 local search on the integer codes that
-//   maximises θ = q²/o (q = h·v, o = vRvᵀ, h the residual correlation) followed by the closed-form
-//   scale s = q/o, and after each sweep a joint least-squares refit of all the row's scales.
+// The solver works on OneComp's form yy − 2 b·ŵ + ŵ A ŵ (b = A w, the row of YX), keeps the
+// residual correlation r = b − A ŵ up to date incrementally (a group move costs O(d·m), its
+// objective change O(d²)) and never recomputes the objective from scratch inside the search.
+// Candidates (each with a joint scale refit kept only when it helps), per-row best-of:
+//   clip-optimise (min/max rounding + one decoupled local search per group), clip-optimise-EP
+//   (groups in order, each searched then its error propagated to the unquantized columns, the
+//   exact re-solve done GPTQ-style with the upper Cholesky factor of A⁻¹) and GPTQ (on the
+//   unregularised XX). Then sweeps: per group a ±1 local search on the integer codes that
+//   maximises θ = q²/o followed by s = q/o, and after each sweep a joint least-squares refit of
+//   all the row's scales. Optionally an iterated local search (onecomp.md §1.7) on the worst rows.
 // Every step is accepted only when it lowers the row's objective, so the result is never worse
 // than any candidate, in particular than its own GPTQ start.
-// Deviations from OneComp (documented in docs/algorithms.md): rows run independently (no
-// batch-wide 10% early stop or 0.6/0.2 refit heuristic), sweeps are capped (max_sweeps), and the
-// clip-optimise-EP candidate and iterated local search are not implemented.
+// jointq_error_propagation(): OneComp's separate "JointQ error propagation" re-quantization
+// (onecomp.md §1.9) of a stage-1 result against the quantized model's inputs.
+// Deviations from OneComp: docs/algorithms.md.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,12 +33,15 @@
 #include <Eigen/Core>
 
 #include "qforge/algorithms/gptq.hpp"
+#include "qforge/core/half.hpp"
 #include "qforge/core/parallel.hpp"
 
 namespace qforge::algorithms {
 
 struct JointqOptions {
-  GridSpec grid;  // kInt only
+  // kInt (int1..int8), or q4_0 / q4_1 / q8_0: solved as int4 symmetric / int4 asymmetric / int8
+  // symmetric in groups of 32, scales (and q4_1's offset) rounded to fp16 at the end.
+  GridSpec grid;
   double regularization_lambda = 0.1;
   std::string regularization_mode = "diagonal";  // identity | diagonal
   double regularization_gamma = 0.5;
@@ -39,148 +51,262 @@ struct JointqOptions {
   double incremental_eps_w = 0.10;
   double incremental_initial_skip_ew_threshold = 0.3;
   bool enable_clip_optimize = true;
+  bool enable_clip_optimize_ep = false;  // OneComp v1.1 default (v1.0 always ran it when k > 1)
   bool enable_gptq = true;
   bool act_order = false;
   double gptq_percdamp = 0.01;
   std::int64_t gptq_block_size = 128;
   int max_sweeps = 30;
-  int threads = 0;  // 0: default_threads()
+  // Iterated local search (onecomp.md §1.7, off by default as in OneComp).
+  bool ils_enabled = false;
+  int ils_iterations = 10;
+  std::int64_t ils_rows = 1024;  // the worst min(rows, ils_rows) rows per iteration
+  int ils_clones = 8;
+  double ils_zero_probability = 0.005;
+  std::uint64_t ils_seed = 0;  // per (iteration, row, clone) streams: independent of threads
+  int threads = 0;             // 0: default_threads()
 };
+
+// Which initial candidate a row started from.
+enum class JointqCandidate : std::int8_t { kClip = 0, kClipEp = 1, kGptq = 2, kWarm = 3 };
+inline constexpr int kJointqCandidates = 4;
 
 struct JointqResult {
   QuantizedLayer layer;
-  std::vector<double> row_objective;       // final regularised objective per row
-  std::vector<double> row_gptq_objective;  // the GPTQ candidate's objective per row (NaN if disabled)
+  std::vector<double> row_objective;            // final regularised objective per row
+  std::vector<double> row_gptq_objective;       // the GPTQ candidate as GPTQ left it (NaN if disabled)
+  std::vector<double> row_candidate_objective;  // [rows, 4]: each candidate after its refit (NaN: not run)
+  std::vector<std::int8_t> row_candidate;       // JointqCandidate each row started from
+  std::vector<double> row_start_objective;      // the best candidate's objective (before the sweeps)
+  std::vector<double> row_search_objective;     // after the sweeps, before the iterated local search
+  std::int64_t ils_improved_rows = 0;           // rows the iterated local search improved
   double accepted_lambda = 0.0;
 };
 
 namespace detail {
 
-struct RowProblem {
-  const MatrixXdR* a;  // XX_reg
-  std::int64_t cols, gs, groups;
-  int lo, hi;  // signed code bounds
+// One row's problem: minimise yy − 2 b·ŵ + ŵ (A + μI) ŵ, ŵ_j = s_{j/gs} v_j, v_j + zero_t ∈ [lo, hi].
+struct RowCtx {
+  const double* a = nullptr;  // [m, m] row-major, symmetric (shared by all rows)
+  double mu = 0.0;            // per-row diagonal addition
+  std::int64_t m = 0, gs = 0, k = 0;
+  int lo = 0, hi = 0;
+  const double* b = nullptr;  // [m]
+  double yy = 0.0;
 };
 
 struct RowState {
-  std::vector<double> v;      // integer codes relative to zero, per column
-  std::vector<double> s;      // scale per group
-  std::vector<double> zero;   // fixed zero per group (signed code domain)
+  std::vector<double> v;     // codes relative to zero, per column
+  std::vector<double> s;     // scale per group
+  std::vector<double> zero;  // fixed zero per group (signed code domain)
+  std::vector<double> r;     // b − (A + μI) ŵ
+  double obj = 0.0;
 };
 
-inline std::vector<double> row_weight(const RowProblem& p, const RowState& st) {
-  std::vector<double> w(static_cast<std::size_t>(p.cols));
-  for (std::int64_t j = 0; j < p.cols; ++j) w[static_cast<std::size_t>(j)] = st.s[static_cast<std::size_t>(j / p.gs)] * st.v[static_cast<std::size_t>(j)];
-  return w;
-}
+// Per-thread working set of the row being searched. refresh() fills av and gg for a state; the
+// search then keeps them current: av[t] = (A + μI)[:, J_t] v_t (so R v_t = av[t][J_t] and
+// A ŵ = Σ_t s_t av[t]) and gg[u, t] = v_u·av[t][J_u], the Gram matrix of the scale refit.
+struct Scratch {
+  std::int64_t m = 0, gs = 0, k = 0;
+  std::vector<double> h, rv, dg, vn, av, gg, u;
+  std::vector<std::int64_t> nz;
+  Scratch(std::int64_t m_, std::int64_t gs_, std::int64_t k_)
+      : m(m_), gs(gs_), k(k_), h(static_cast<std::size_t>(gs_)), rv(static_cast<std::size_t>(gs_)),
+        dg(static_cast<std::size_t>(gs_)), vn(static_cast<std::size_t>(gs_)), av(static_cast<std::size_t>(m_ * k_)),
+        gg(static_cast<std::size_t>(k_ * k_)), u(static_cast<std::size_t>(m_)) {}
+  double* col(std::int64_t t) { return av.data() + t * m; }
+  double& g(std::int64_t a, std::int64_t b) { return gg[static_cast<std::size_t>(a * k + b)]; }
+};
 
-// (w − ŵ) A (w − ŵ)ᵀ.
-inline double row_objective(const RowProblem& p, const std::vector<double>& w, const std::vector<double>& wq) {
-  Eigen::VectorXd d(p.cols);
-  for (std::int64_t j = 0; j < p.cols; ++j) d[j] = w[static_cast<std::size_t>(j)] - wq[static_cast<std::size_t>(j)];
-  return d.dot(*p.a * d);
+inline void axpy(double* __restrict y, double alpha, const double* __restrict x, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
-
-// Joint closed-form refit of all scales: (GᵀG) s = Gᵀy with G's columns the embedded v_t.
-inline bool refit_scales(const RowProblem& p, const std::vector<double>& w, RowState& st, double& obj) {
-  const auto& A = *p.a;
-  Eigen::MatrixXd av(p.cols, p.groups);  // A[:, J_t] v_t
-  av.setZero();
-  for (std::int64_t t = 0; t < p.groups; ++t)
-    for (std::int64_t k = 0; k < p.gs; ++k) {
-      const std::int64_t j = t * p.gs + k;
-      const double vj = st.v[static_cast<std::size_t>(j)];
-      if (vj != 0.0) av.col(t) += vj * A.col(j);
-    }
-  Eigen::MatrixXd gg(p.groups, p.groups);
-  Eigen::VectorXd rhs(p.groups);
-  Eigen::VectorXd wv = Eigen::Map<const Eigen::VectorXd>(w.data(), p.cols);
-  for (std::int64_t t = 0; t < p.groups; ++t) {
-    rhs[t] = av.col(t).dot(wv);  // v_t · (A w)_t
-    for (std::int64_t u = 0; u < p.groups; ++u) {
-      double x = 0.0;
-      for (std::int64_t k = 0; k < p.gs; ++k) x += st.v[static_cast<std::size_t>(t * p.gs + k)] * av(t * p.gs + k, u);
-      gg(t, u) = x;
-    }
+// Four partial sums so the compiler can keep two vector accumulators without -ffast-math.
+inline double dot(const double* __restrict x, const double* __restrict y, std::int64_t n) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  std::int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += x[i] * y[i];
+    s1 += x[i + 1] * y[i + 1];
+    s2 += x[i + 2] * y[i + 2];
+    s3 += x[i + 3] * y[i + 3];
   }
+  for (; i < n; ++i) s0 += x[i] * y[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
+inline double at(const std::vector<double>& v, std::int64_t i) { return v[static_cast<std::size_t>(i)]; }
+inline double& at(std::vector<double>& v, std::int64_t i) { return v[static_cast<std::size_t>(i)]; }
+
+// gg row/column t from av[t] (O(m)).
+inline void update_gram_row(const RowState& st, Scratch& sc, std::int64_t t) {
+  for (std::int64_t u = 0; u < sc.k; ++u) sc.g(u, t) = sc.g(t, u) = dot(st.v.data() + u * sc.gs, sc.col(t) + u * sc.gs, sc.gs);
+}
+
+// Objective for scales s from gg: yy − 2 Σ s_t v_t·b_t + sᵀ gg s (O(m + k²)).
+template <class S>
+double objective_from_gram(const RowCtx& c, const RowState& st, Scratch& sc, const S& s) {
+  double lin = 0.0, quad = 0.0;
+  for (std::int64_t t = 0; t < c.k; ++t) {
+    lin += s(t) * dot(st.v.data() + t * c.gs, c.b + t * c.gs, c.gs);
+    for (std::int64_t u = 0; u < c.k; ++u) quad += s(u) * s(t) * sc.g(u, t);
+  }
+  return c.yy - 2.0 * lin + quad;
+}
+
+// av, gg, r and the objective from scratch: the one O(m²) step per state.
+inline void refresh(const RowCtx& c, RowState& st, Scratch& sc) {
+  std::fill(sc.av.begin(), sc.av.end(), 0.0);
+  for (std::int64_t t = 0; t < c.k; ++t) {
+    double* col = sc.col(t);
+    for (std::int64_t l = t * c.gs; l < (t + 1) * c.gs; ++l)
+      if (const double vl = at(st.v, l); vl != 0.0) {
+        axpy(col, vl, c.a + l * c.m, c.m);
+        col[l] += c.mu * vl;
+      }
+  }
+  for (std::int64_t t = 0; t < c.k; ++t) update_gram_row(st, sc, t);
+  st.r.assign(c.b, c.b + c.m);
+  for (std::int64_t t = 0; t < c.k; ++t) axpy(st.r.data(), -at(st.s, t), sc.col(t), c.m);
+  st.obj = objective_from_gram(c, st, sc, [&](std::int64_t t) { return at(st.s, t); });
+}
+
+// ±1 local search for group t maximising θ = q²/o (q = h·v, o = v R v, R = A[J,J] + μI), from
+// the codes in vg (updated in place); rv0 = R vg (null: computed here). Leaves R v in sc.rv and
+// returns the closed-form scale q/o; o in o_out.
+inline double local_search(const RowCtx& c, std::int64_t t, const double* h, double* vg, double zero, Scratch& sc,
+                           const double* rv0, double& o_out) {
+  const std::int64_t d = c.gs, off = t * c.gs;
+  const double vlo = c.lo - zero, vhi = c.hi - zero;
+  double* rv = sc.rv.data();
+  double* dg = sc.dg.data();
+  for (std::int64_t k = 0; k < d; ++k) {
+    const double* row = c.a + (off + k) * c.m + off;
+    rv[k] = rv0 ? rv0[k] : dot(row, vg, d) + c.mu * vg[k];
+    dg[k] = row[k] + c.mu;
+  }
+  double q = dot(h, vg, d), o = dot(vg, rv, d);
+  constexpr double kEps = 1e-12;
+  for (std::int64_t it = 0; it < 10 * d; ++it) {
+    // Compare λ = num/den by cross-multiplication (den > 0): no division in the scan.
+    double bnum = o > 0.0 ? q * q : 0.0, bden = o > 0.0 ? o : 1.0;
+    std::int64_t best_k = -1;
+    double best_dir = 0.0;
+    for (std::int64_t k = 0; k < d; ++k) {
+      const double qp = q + h[k], op = o + 2.0 * rv[k] + dg[k];
+      if (vg[k] + 1.0 <= vhi && op > 0.0 && qp * qp * bden > bnum * op) bnum = qp * qp, bden = op, best_k = k, best_dir = 1.0;
+      const double qm = q - h[k], om = o - 2.0 * rv[k] + dg[k];
+      if (vg[k] - 1.0 >= vlo && om > 0.0 && qm * qm * bden > bnum * om) bnum = qm * qm, bden = om, best_k = k, best_dir = -1.0;
+    }
+    const double theta = o > 0.0 ? q * q / o : 0.0;
+    if (best_k < 0 || bnum / bden - theta <= kEps * std::max(1.0, theta)) break;
+    q += best_dir * h[best_k];
+    o += 2.0 * best_dir * rv[best_k] + dg[best_k];
+    vg[best_k] += best_dir;
+    axpy(rv, best_dir, c.a + (off + best_k) * c.m + off, d);
+    rv[best_k] += best_dir * c.mu;
+  }
+  o_out = o;
+  return o > 0.0 ? q / o : 0.0;
+}
+
+// Replaces group t by (vn, sn) when that does not increase the objective. With δ = vn − v (a few
+// ±1 moves) and Δ = sn δ + (sn − s) v: obj change Δ R Δ − 2 Δ·r_J from gg and av in O(nnz² + d),
+// then r, av[t] and gg row t in O(m·nnz + m).
+inline bool apply_group(const RowCtx& c, std::int64_t t, const double* vn, double sn, RowState& st, Scratch& sc) {
+  const std::int64_t d = c.gs, off = t * c.gs;
+  const double so = at(st.s, t), ds = sn - so;
+  double* avt = sc.col(t);
+  sc.nz.clear();
+  for (std::int64_t k = 0; k < d; ++k)
+    if (vn[k] != at(st.v, off + k)) sc.nz.push_back(k);
+  if (sc.nz.empty() && ds == 0.0) return false;
+  // δRδ, δ·R v (= δ·av[t]_J), vRv = gg[t,t]; Δ·r_J.
+  double drd = 0.0, drv = 0.0;
+  for (auto ka : sc.nz) {
+    const double da = vn[ka] - at(st.v, off + ka);
+    drv += da * avt[off + ka];
+    for (auto kb : sc.nz) drd += da * (vn[kb] - at(st.v, off + kb)) * (c.a[(off + ka) * c.m + off + kb] + (ka == kb ? c.mu : 0.0));
+  }
+  double dr = 0.0;
+  for (std::int64_t k = 0; k < d; ++k) dr += (sn * (vn[k] - at(st.v, off + k)) + ds * at(st.v, off + k)) * at(st.r, off + k);
+  const double quad = sn * sn * drd + 2.0 * sn * ds * drv + ds * ds * sc.g(t, t);
+  const double dobj = quad - 2.0 * dr;
+  if (!(dobj <= 0.0)) return false;
+  st.obj += dobj;
+  // u = (A + μI)[:, J] δ
+  std::fill(sc.u.begin(), sc.u.end(), 0.0);
+  for (auto ka : sc.nz) {
+    const double da = vn[ka] - at(st.v, off + ka);
+    axpy(sc.u.data(), da, c.a + (off + ka) * c.m, c.m);
+    sc.u[static_cast<std::size_t>(off + ka)] += c.mu * da;
+  }
+  double* r = st.r.data();
+  const double* u = sc.u.data();
+  for (std::int64_t j = 0; j < c.m; ++j) r[j] -= sn * u[j] + ds * avt[j];
+  if (!sc.nz.empty()) {
+    axpy(avt, 1.0, u, c.m);
+    for (auto ka : sc.nz) at(st.v, off + ka) = vn[ka];
+    update_gram_row(st, sc, t);
+  }
+  at(st.s, t) = sn;
+  return true;
+}
+
+// One sweep over the groups with the residual-aware h = r_J + R ŵ_J (the correlation with the
+// residual that leaves group t out). Needs sc current (refresh()).
+inline void sweep(const RowCtx& c, RowState& st, Scratch& sc) {
+  const std::int64_t d = c.gs;
+  for (std::int64_t t = 0; t < c.k; ++t) {
+    const std::int64_t off = t * d;
+    const double s = at(st.s, t);
+    const double* rv0 = sc.col(t) + off;
+    for (std::int64_t k = 0; k < d; ++k) at(sc.h, k) = at(st.r, off + k) + s * rv0[k];
+    std::copy(st.v.begin() + off, st.v.begin() + off + d, sc.vn.begin());
+    double o = 0.0;
+    const double sn = local_search(c, t, sc.h.data(), sc.vn.data(), at(st.zero, t), sc, rv0, o);
+    apply_group(c, t, sc.vn.data(), sn, st, sc);
+  }
+}
+
+// Joint closed-form refit of all scales: gg s = rhs, rhs_t = v_t·b_t. Kept only when the
+// objective falls. Needs sc current; O(m·k + k³).
+inline bool refit_scales(const RowCtx& c, RowState& st, Scratch& sc) {
+  const std::int64_t k = c.k, d = c.gs;
+  Eigen::MatrixXd gg(k, k);
+  Eigen::VectorXd rhs(k);
+  for (std::int64_t t = 0; t < k; ++t) {
+    rhs[t] = dot(st.v.data() + t * d, c.b + t * d, d);
+    for (std::int64_t u = 0; u < k; ++u) gg(u, t) = sc.g(u, t);
+  }
+  for (std::int64_t t = 0; t < k; ++t)
+    if (gg(t, t) == 0.0) {  // an all-zero group: its scale does not matter, keep it
+      gg(t, t) = 1.0;
+      rhs[t] = at(st.s, t);
+    }
   Eigen::LDLT<Eigen::MatrixXd> ldlt(gg);
   if (ldlt.info() != Eigen::Success) return false;
   const Eigen::VectorXd s = ldlt.solve(rhs);
   if (!s.allFinite()) return false;
-  RowState cand = st;
-  for (std::int64_t t = 0; t < p.groups; ++t) cand.s[static_cast<std::size_t>(t)] = s[t];
-  const double o = row_objective(p, w, row_weight(p, cand));
-  if (o < obj) {
-    obj = o;
-    st = std::move(cand);
-    return true;
+  const double obj = objective_from_gram(c, st, sc, [&](std::int64_t t) { return s[t]; });
+  if (!(obj < st.obj)) return false;
+  st.obj = obj;
+  st.r.assign(c.b, c.b + c.m);
+  for (std::int64_t t = 0; t < k; ++t) {
+    at(st.s, t) = s[t];
+    axpy(st.r.data(), -s[t], sc.col(t), c.m);
   }
-  return false;
+  return true;
 }
 
-// ±1 local search for one group maximising θ = q²/o, then s = q/o. h: residual correlation,
-// group block R = A[J, J]. Returns whether v changed; writes the group's new scale.
-inline void local_search_group(const RowProblem& p, std::int64_t t, const Eigen::VectorXd& h, RowState& st) {
-  const auto& A = *p.a;
-  const std::int64_t d = p.gs, off = t * p.gs;
-  const double zero = st.zero[static_cast<std::size_t>(t)];
-  const double vlo = p.lo - zero, vhi = p.hi - zero;
-  Eigen::VectorXd v(d);
-  for (std::int64_t k = 0; k < d; ++k) v[k] = st.v[static_cast<std::size_t>(off + k)];
-  const auto R = A.block(off, off, d, d);
-  Eigen::VectorXd rv = R * v;
-  double q = h.dot(v), o = v.dot(rv);
-  constexpr double kEps = 1e-12;
-  for (std::int64_t it = 0; it < 10 * d; ++it) {
-    const double theta = o > 0.0 ? q * q / o : 0.0;
-    double best = theta;
-    std::int64_t best_k = -1;
-    double best_dir = 0.0;
-    for (std::int64_t k = 0; k < d; ++k) {
-      const double rkk = R(k, k);
-      if (v[k] + 1.0 <= vhi) {
-        const double on = o + 2.0 * rv[k] + rkk;
-        if (on > 0.0) {
-          const double l = (q + h[k]) * (q + h[k]) / on;
-          if (l > best) best = l, best_k = k, best_dir = 1.0;
-        }
-      }
-      if (v[k] - 1.0 >= vlo) {
-        const double on = o - 2.0 * rv[k] + rkk;
-        if (on > 0.0) {
-          const double l = (q - h[k]) * (q - h[k]) / on;
-          if (l > best) best = l, best_k = k, best_dir = -1.0;
-        }
-      }
-    }
-    if (best_k < 0 || best - theta <= kEps * std::max(1.0, theta)) break;
-    q += best_dir * h[best_k];
-    o += 2.0 * best_dir * rv[best_k] + R(best_k, best_k);
-    v[best_k] += best_dir;
-    rv += best_dir * R.col(best_k);
-  }
-  for (std::int64_t k = 0; k < d; ++k) st.v[static_cast<std::size_t>(off + k)] = v[k];
-  st.s[static_cast<std::size_t>(t)] = o > 0.0 ? q / o : 0.0;
-}
-
-// One sweep over all groups with the residual-aware h; each group's change is kept only if the
-// row objective does not increase (it cannot in exact arithmetic; the check guards round-off).
-inline void sweep(const RowProblem& p, const std::vector<double>& w, RowState& st, double& obj) {
-  const auto& A = *p.a;
-  const Eigen::Map<const Eigen::VectorXd> wv(w.data(), p.cols);
-  for (std::int64_t t = 0; t < p.groups; ++t) {
-    const auto wq = row_weight(p, st);
-    const Eigen::Map<const Eigen::VectorXd> wqv(wq.data(), p.cols);
-    const std::int64_t off = t * p.gs;
-    // h = (A(w − ŵ))_J + A[J,J] ŵ_J : correlation with the residual that excludes group t.
-    const Eigen::VectorXd h = A.middleRows(off, p.gs) * (wv - wqv) + A.block(off, off, p.gs, p.gs) * wqv.segment(off, p.gs);
-    RowState cand = st;
-    local_search_group(p, t, h, cand);
-    const double o = row_objective(p, w, row_weight(p, cand));
-    if (o <= obj) {
-      obj = o;
-      st = std::move(cand);
-    }
+// Sweeps and refits until the row stops improving or max_sweeps.
+// Needs sc current for st (refresh()).
+inline void search(const RowCtx& c, RowState& st, Scratch& sc, int max_sweeps) {
+  for (int s = 0; s < max_sweeps; ++s) {
+    const double before = st.obj;
+    sweep(c, st, sc);
+    refit_scales(c, st, sc);
+    if (!(before - st.obj > 1e-12 * std::max(1.0, std::fabs(before)))) break;
   }
 }
 
@@ -191,12 +317,25 @@ inline RowState state_from_layer(const QuantizedLayer& q, std::int64_t r) {
   st.zero.resize(static_cast<std::size_t>(q.groups));
   for (std::int64_t t = 0; t < q.groups; ++t) {
     const auto& pr = q.params[static_cast<std::size_t>(r * q.groups + t)];
-    st.s[static_cast<std::size_t>(t)] = pr.scale;
-    st.zero[static_cast<std::size_t>(t)] = pr.zero;
+    at(st.s, t) = pr.scale;
+    at(st.zero, t) = pr.zero;
   }
   for (std::int64_t j = 0; j < q.cols; ++j)
-    st.v[static_cast<std::size_t>(j)] = q.codes[static_cast<std::size_t>(r * q.cols + j)] - st.zero[static_cast<std::size_t>(j / q.group_size)];
+    at(st.v, j) = q.codes[static_cast<std::size_t>(r * q.cols + j)] - at(st.zero, j / q.group_size);
   return st;
+}
+
+inline void write_row(QuantizedLayer& q, std::int64_t r, const RowState& st, int bits) {
+  for (std::int64_t t = 0; t < q.groups; ++t) {
+    auto& pr = q.params[static_cast<std::size_t>(r * q.groups + t)];
+    pr = GroupParams{};
+    pr.scale = static_cast<float>(at(st.s, t));
+    pr.inv_scale = pr.scale != 0.0f ? 1.0f / pr.scale : 0.0f;
+    pr.zero = static_cast<float>(at(st.zero, t));
+    pr.qmin_raw = pr.zero + static_cast<float>(1 << (bits - 1));
+  }
+  for (std::int64_t j = 0; j < q.cols; ++j)
+    q.codes[static_cast<std::size_t>(r * q.cols + j)] = static_cast<std::int8_t>(at(st.v, j) + at(st.zero, j / q.group_size));
 }
 
 // Regularised Gram matrix XX + nλR.
@@ -212,12 +351,144 @@ inline MatrixXdR regularise(const MatrixXdR& xx, double tokens, double lambda, c
   return a;
 }
 
-// One fixed-λ JointQ run on already permuted inputs. warm: an extra candidate (incremental mode).
+// B = W A (rows of YX) in fixed chunks of 64 rows, so the result does not depend on the threads.
+inline MatrixXdR times_gram(const float* w, std::int64_t rows, std::int64_t cols, const MatrixXdR& a, int threads) {
+  MatrixXdR b(rows, cols);
+  constexpr std::int64_t kChunk = 64;
+  parallel_for_each((rows + kChunk - 1) / kChunk, threads, [&](std::int64_t ci) {
+    const std::int64_t r0 = ci * kChunk, n = std::min(kChunk, rows - r0);
+    const MatrixXdR wc = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w + r0 * cols, n, cols).cast<double>();
+    b.middleRows(r0, n).noalias() = wc * a;
+  });
+  return b;
+}
+
+inline std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// U upper with UᵀU = (A + δI)⁻¹ in double, for the clip-optimise-EP re-solves. OneComp solves
+// exactly with a pinv fallback (rcond 1e-6); here δ = 1e-10·mean(diag A), raised 10x per failed
+// factorisation up to 1e-5. With P the reversal, P A P = R Rᵀ gives A = ŨŨᵀ (Ũ = P R P upper)
+// and U = Ũ⁻¹.
+inline std::optional<MatrixXdR> ep_factor(const MatrixXdR& a) {
+  const std::int64_t c = a.rows();
+  const double mean = a.diagonal().mean();
+  for (double f = 1e-10; f <= 1e-5 * 1.5; f *= 10.0) {
+    MatrixXdR ad = a;
+    ad.diagonal().array() += f * std::max(mean, 1e-300);
+    Eigen::LLT<MatrixXdR> llt(ad.reverse());
+    if (llt.info() != Eigen::Success) continue;
+    const MatrixXdR ut = MatrixXdR(llt.matrixL()).reverse();
+    MatrixXdR u = ut.triangularView<Eigen::Upper>().solve(MatrixXdR::Identity(c, c));
+    u.triangularView<Eigen::StrictlyLower>().setZero();
+    if (u.allFinite()) return u;
+  }
+  return std::nullopt;
+}
+
+// Clip-optimise-EP for one row: groups in order; each is clipped from the current W̃, searched
+// with h = A_JJ W̃_J (the residual on the unquantized columns is zero after the re-solve), and its
+// error propagated to the later columns: with U upper, UᵀU = A⁻¹, ε U_JJ = W̃_J − Ŵ_J and
+// W̃_rest −= ε U_J,rest, the exact least-squares re-solve of the unquantized columns.
+inline std::optional<RowState> clip_optimize_ep(const RowCtx& c, const float* w, const MatrixXdR& u, const GridSpec& grid,
+                                                Scratch& sc) {
+  std::vector<double> wt(w, w + c.m);
+  std::vector<float> grp(static_cast<std::size_t>(c.gs));
+  std::vector<double> eps(static_cast<std::size_t>(c.gs));
+  RowState st;
+  st.v.resize(static_cast<std::size_t>(c.m));
+  st.s.resize(static_cast<std::size_t>(c.k));
+  st.zero.resize(static_cast<std::size_t>(c.k));
+  for (std::int64_t t = 0; t < c.k; ++t) {
+    const std::int64_t off = t * c.gs, d = c.gs;
+    for (std::int64_t k = 0; k < d; ++k) grp[static_cast<std::size_t>(k)] = static_cast<float>(at(wt, off + k));
+    for (float x : grp)
+      if (!std::isfinite(x)) return std::nullopt;
+    const GroupParams p = find_params(grid, grp);
+    at(st.zero, t) = p.zero;
+    for (std::int64_t k = 0; k < d; ++k) at(st.v, off + k) = quantize_code(grid, p, grp[static_cast<std::size_t>(k)]) - p.zero;
+    for (std::int64_t k = 0; k < d; ++k)
+      at(sc.h, k) = dot(c.a + (off + k) * c.m + off, wt.data() + off, d) + c.mu * at(wt, off + k);
+    double o = 0.0;
+    const double s = local_search(c, t, sc.h.data(), st.v.data() + off, p.zero, sc, nullptr, o);
+    at(st.s, t) = s;
+    if (off + d >= c.m) break;
+    for (std::int64_t k = 0; k < d; ++k) {
+      double e = at(wt, off + k) - s * at(st.v, off + k);
+      for (std::int64_t l = 0; l < k; ++l) e -= at(eps, l) * u(off + l, off + k);
+      at(eps, k) = e / u(off + k, off + k);
+    }
+    for (std::int64_t k = 0; k < d; ++k)
+      axpy(wt.data() + off + d, -at(eps, k), u.data() + (off + k) * c.m + off + d, c.m - off - d);
+  }
+  return st;
+}
+
+// Iterated local search (onecomp.md §1.7): per iteration the worst rows are cloned, each clone's
+// codes are set to 0 (ŵ = 0) with a small probability, searched again, and the best clone
+// replaces the row when it is better. Random streams are per (iteration, row, clone).
+template <class CtxOf>
+std::int64_t iterated_local_search(std::vector<RowState>& states, const CtxOf& ctx_of, const JointqOptions& o, std::int64_t m,
+                                   std::int64_t gs, std::int64_t k, int threads) {
+  const auto rows = static_cast<std::int64_t>(states.size());
+  std::vector<std::int8_t> improved(static_cast<std::size_t>(rows), 0);
+  const auto threshold = static_cast<std::uint64_t>(std::ldexp(std::clamp(o.ils_zero_probability, 0.0, 1.0), 53));
+  for (int it = 0; it < o.ils_iterations; ++it) {
+    std::vector<std::int64_t> order(static_cast<std::size_t>(rows));
+    std::iota(order.begin(), order.end(), 0);
+    const std::int64_t n = std::min(rows, std::max<std::int64_t>(o.ils_rows, 0));
+    std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+      return states[static_cast<std::size_t>(a)].obj > states[static_cast<std::size_t>(b)].obj;
+    });
+    parallel_for_each(n, threads, [&](std::int64_t i) {
+      const std::int64_t r = order[static_cast<std::size_t>(i)];
+      const RowCtx c = ctx_of(r);
+      Scratch sc(m, gs, k);
+      RowState& cur = states[static_cast<std::size_t>(r)];
+      refresh(c, cur, sc);  // clones are compared on objectives computed from scratch
+      std::optional<RowState> best;
+      for (int cl = 0; cl < o.ils_clones; ++cl) {
+        RowState st = cur;
+        std::uint64_t x = splitmix64(o.ils_seed ^ splitmix64(static_cast<std::uint64_t>(it) * 0x100000001b3ULL ^
+                                                              splitmix64(static_cast<std::uint64_t>(r) * 131 + static_cast<std::uint64_t>(cl))));
+        bool changed = false;
+        for (std::int64_t j = 0; j < m; ++j) {
+          x = splitmix64(x);
+          if ((x >> 11) < threshold && at(st.v, j) != 0.0) {
+            const double z = at(st.zero, j / gs);
+            if (z >= c.lo && z <= c.hi) {  // v = 0 (ŵ = 0) is in range
+              at(st.v, j) = 0.0;
+              changed = true;
+            }
+          }
+        }
+        if (!changed) continue;
+        refresh(c, st, sc);
+        search(c, st, sc, o.max_sweeps);
+        refresh(c, st, sc);
+        if (st.obj < cur.obj - 1e-12 * std::fabs(cur.obj) && (!best || st.obj < best->obj)) best = std::move(st);
+      }
+      if (best) {
+        cur = std::move(*best);
+        improved[static_cast<std::size_t>(r)] = 1;
+      }
+    });
+  }
+  return std::count(improved.begin(), improved.end(), std::int8_t{1});
+}
+
+// One fixed-λ JointQ run on already permuted inputs (integer grid). warm: an extra candidate.
 inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows, std::int64_t cols, const MatrixXdR& xx,
                                  double tokens, double lambda, const JointqOptions& o, const QuantizedLayer* warm,
                                  std::string_view site) {
   JointqResult res;
+  const int threads = o.threads > 0 ? o.threads : default_threads();
   const MatrixXdR a = regularise(xx, tokens, lambda, o);
+  const MatrixXdR b = times_gram(w.data(), rows, cols, a, threads);
   QuantizedLayer clip = quantize_rtn(w.data(), rows, cols, o.grid, site);
   std::optional<QuantizedLayer> gq;
   if (o.enable_gptq) {
@@ -227,58 +498,94 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
     g.block_size = o.gptq_block_size;
     gq = gptq(w.data(), rows, cols, xx.data(), g, site);
   }
-  RowProblem p{&a, cols, clip.group_size, clip.groups, -(1 << (o.grid.bits - 1)), (1 << (o.grid.bits - 1)) - 1};
+  const std::int64_t gs = clip.group_size, k = clip.groups;
+  std::optional<MatrixXdR> u;
+  std::vector<std::string> notes;
+  if (o.enable_clip_optimize_ep && k > 1) {
+    u = ep_factor(a);
+    if (!u) notes.push_back(fmt::format("{}: clip-optimize-EP skipped (regularised Gram matrix not factorable)", site));
+  }
+  RowCtx base;
+  base.a = a.data();
+  base.m = cols;
+  base.gs = gs;
+  base.k = k;
+  base.lo = -(1 << (o.grid.bits - 1));
+  base.hi = (1 << (o.grid.bits - 1)) - 1;
+  auto ctx_of = [&](std::int64_t r) {
+    RowCtx c = base;
+    c.b = b.data() + r * cols;
+    double yy = 0.0;
+    for (std::int64_t j = 0; j < cols; ++j) yy += static_cast<double>(w[static_cast<std::size_t>(r * cols + j)]) * c.b[j];
+    c.yy = yy;
+    return c;
+  };
   res.layer = clip;
+  res.layer.notes = std::move(notes);
+  if (gq) res.layer.notes.insert(res.layer.notes.end(), gq->notes.begin(), gq->notes.end());
   res.row_objective.assign(static_cast<std::size_t>(rows), 0.0);
   res.row_gptq_objective.assign(static_cast<std::size_t>(rows), std::nan(""));
-  const int threads = o.threads > 0 ? o.threads : default_threads();
+  res.row_candidate_objective.assign(static_cast<std::size_t>(rows * kJointqCandidates), std::nan(""));
+  res.row_candidate.assign(static_cast<std::size_t>(rows), 0);
+  res.row_start_objective.assign(static_cast<std::size_t>(rows), 0.0);
+  res.row_search_objective.assign(static_cast<std::size_t>(rows), 0.0);
+  std::vector<RowState> states(static_cast<std::size_t>(rows));
+  std::vector<RowState> gptq_states(gq ? static_cast<std::size_t>(rows) : 0);
   parallel_for_each(rows, threads, [&](std::int64_t r) {
-    std::vector<double> wr(w.begin() + r * cols, w.begin() + (r + 1) * cols);
-    RowState best;
-    double best_obj = std::numeric_limits<double>::infinity();
-    auto consider = [&](RowState st) {
-      double obj = row_objective(p, wr, row_weight(p, st));
-      refit_scales(p, wr, st, obj);
-      if (obj < best_obj) best_obj = obj, best = std::move(st);
-      return obj;
-    };
-    if (o.enable_clip_optimize || !gq) {
-      RowState st = state_from_layer(clip, r);
-      // Decoupled local search per group (h = A[J,J] w_J), then the joint refit in consider().
-      for (std::int64_t t = 0; t < p.groups; ++t) {
-        const Eigen::Map<const Eigen::VectorXd> wg(wr.data() + t * p.gs, p.gs);
-        const Eigen::VectorXd h = a.block(t * p.gs, t * p.gs, p.gs, p.gs) * wg;
-        RowState cand = st;
-        local_search_group(p, t, h, cand);
-        st = cand;
+    const RowCtx c = ctx_of(r);
+    Scratch sc(cols, gs, k), sbest(cols, gs, k);  // sbest: the working set of `best`
+    const float* wr = w.data() + r * cols;
+    RowState& best = states[static_cast<std::size_t>(r)];
+    bool have = false;
+    auto consider = [&](RowState st, JointqCandidate which, bool fresh) {
+      if (fresh) refresh(c, st, sc);
+      refit_scales(c, st, sc);
+      double& slot = res.row_candidate_objective[static_cast<std::size_t>(r * kJointqCandidates + static_cast<int>(which))];
+      if (!(slot <= st.obj)) slot = st.obj;
+      if (!have || st.obj < best.obj) {
+        best = std::move(st);
+        std::swap(sc, sbest);
+        res.row_candidate[static_cast<std::size_t>(r)] = static_cast<std::int8_t>(which);
+        have = true;
       }
-      const RowState plain = state_from_layer(clip, r);
-      consider(plain);
-      consider(st);
+    };
+    if (o.enable_clip_optimize || (!gq && !u)) {
+      RowState st = state_from_layer(clip, r);
+      // Decoupled local search per group: h = A[J,J] w_J (coupling between groups ignored).
+      for (std::int64_t t = 0; t < k; ++t) {
+        for (std::int64_t kk = 0; kk < gs; ++kk) {
+          double x = 0.0;
+          for (std::int64_t l = 0; l < gs; ++l) x += a(t * gs + kk, t * gs + l) * static_cast<double>(wr[t * gs + l]);
+          at(sc.h, kk) = x;
+        }
+        double ob = 0.0;
+        at(st.s, t) = local_search(c, t, sc.h.data(), st.v.data() + t * gs, at(st.zero, t), sc, nullptr, ob);
+      }
+      consider(std::move(st), JointqCandidate::kClip, true);
     }
+    if (u)
+      if (auto ep = clip_optimize_ep(c, wr, *u, o.grid, sc)) consider(std::move(*ep), JointqCandidate::kClipEp, true);
     if (gq) {
-      res.row_gptq_objective[static_cast<std::size_t>(r)] = row_objective(p, wr, row_weight(p, state_from_layer(*gq, r)));
-      consider(state_from_layer(*gq, r));
+      RowState st = state_from_layer(*gq, r);
+      refresh(c, st, sc);
+      res.row_gptq_objective[static_cast<std::size_t>(r)] = st.obj;
+      gptq_states[static_cast<std::size_t>(r)] = st;
+      consider(std::move(st), JointqCandidate::kGptq, false);
     }
-    if (warm) consider(state_from_layer(*warm, r));
-    for (int s = 0; s < o.max_sweeps; ++s) {
-      const double before = best_obj;
-      sweep(p, wr, best, best_obj);
-      refit_scales(p, wr, best, best_obj);
-      if (!(before - best_obj > 1e-12 * std::max(1.0, std::fabs(before)))) break;
-    }
-    res.row_objective[static_cast<std::size_t>(r)] = best_obj;
-    for (std::int64_t t = 0; t < p.groups; ++t) {
-      auto& pr = res.layer.params[static_cast<std::size_t>(r * p.groups + t)];
-      pr = GroupParams{};
-      pr.scale = static_cast<float>(best.s[static_cast<std::size_t>(t)]);
-      pr.inv_scale = pr.scale != 0.0f ? 1.0f / pr.scale : 0.0f;
-      pr.zero = static_cast<float>(best.zero[static_cast<std::size_t>(t)]);
-      pr.qmin_raw = pr.zero + static_cast<float>(1 << (o.grid.bits - 1));
-    }
-    for (std::int64_t j = 0; j < cols; ++j)
-      res.layer.codes[static_cast<std::size_t>(r * cols + j)] =
-          static_cast<std::int8_t>(best.v[static_cast<std::size_t>(j)] + best.zero[static_cast<std::size_t>(j / p.gs)]);
+    if (warm) consider(state_from_layer(*warm, r), JointqCandidate::kWarm, true);
+    res.row_start_objective[static_cast<std::size_t>(r)] = best.obj;
+    search(c, best, sbest, o.max_sweeps);
+    res.row_search_objective[static_cast<std::size_t>(r)] = best.obj;
+  });
+  if (o.ils_enabled) res.ils_improved_rows = iterated_local_search(states, ctx_of, o, cols, gs, k, threads);
+  parallel_for_each(rows, threads, [&](std::int64_t r) {
+    const RowCtx c = ctx_of(r);
+    Scratch sc(cols, gs, k);
+    RowState& st = states[static_cast<std::size_t>(r)];
+    refresh(c, st, sc);  // the reported objective from scratch, free of incremental round-off
+    if (gq && st.obj > gptq_states[static_cast<std::size_t>(r)].obj) st = gptq_states[static_cast<std::size_t>(r)];
+    res.row_objective[static_cast<std::size_t>(r)] = st.obj;
+    write_row(res.layer, r, st, o.grid.bits);
   });
   res.layer.dequantize_all();
   res.layer.loss = 0.0;
@@ -305,13 +612,47 @@ inline double rel_errors(const std::vector<float>& w, const QuantizedLayer& q, c
   return nw > 0 ? dw / nw : 0.0;
 }
 
+// The integer grid a GGML block type is solved on, and the conversion of the result back.
+inline GridSpec integer_grid_for(const GridSpec& g) {
+  if (!is_ggml_grid(g.kind)) return g;
+  GridSpec i;
+  i.kind = GridKind::kInt;
+  i.group_size = 32;
+  i.bits = g.kind == GridKind::kQ8_0 ? 8 : 4;
+  i.sym = g.kind != GridKind::kQ4_1;
+  i.fix_sym_nonnegative = true;
+  return i;
+}
+
+// value = s·(code − zero) → Q4_0/Q8_0 d·code (zero is 0), Q4_1 d·(code + 8) + m with m = −s·z.
+inline void to_ggml_grid(QuantizedLayer& q, const GridSpec& ggml) {
+  for (auto& p : q.params) {
+    GroupParams n;
+    const float s = fp16_to_fp32(fp32_to_fp16(p.scale));
+    n.scale = s;
+    n.inv_scale = s != 0.0f ? 1.0f / s : 0.0f;
+    if (ggml.kind == GridKind::kQ4_1) {
+      n.offset = fp16_to_fp32(fp32_to_fp16(-p.scale * p.qmin_raw));
+      n.qmin_raw = n.offset;
+    }
+    p = n;
+  }
+  q.grid = ggml;
+  q.dequantize_all();
+}
+
 }  // namespace detail
 
 // xx: Σ x xᵀ over `tokens` tokens ([cols, cols]); w: [rows, cols].
 inline JointqResult jointq(const float* w_in, std::int64_t rows, std::int64_t cols, const double* xx_in, double tokens,
-                           const JointqOptions& o, std::string_view site = "layer") {
-  if (o.grid.kind != GridKind::kInt || o.grid.bits > 8)
-    throw_error(Status::kUnsupported, "{}: JointQ works on integer grids (int1..int8), not {}", site, grid_name(o.grid));
+                           const JointqOptions& o_in, std::string_view site = "layer") {
+  if ((o_in.grid.kind != GridKind::kInt && !is_ggml_grid(o_in.grid.kind)) || o_in.grid.bits > 8)
+    throw_error(Status::kUnsupported, "{}: JointQ works on integer grids (int1..int8, q4_0, q4_1, q8_0), not {}", site,
+                grid_name(o_in.grid));
+  if (is_ggml_grid(o_in.grid.kind) && o_in.grid.range == RangeMethod::kMse)
+    throw_error(Status::kUnsupported, "{}: the ggml scale rule is fixed; MSE range search does not apply", site);
+  JointqOptions o = o_in;
+  o.grid = detail::integer_grid_for(o_in.grid);
   if (o.regularization_mode != "identity" && o.regularization_mode != "diagonal")
     throw_error(Status::kInvalidArgument, "{}: regularization_mode '{}' is not identity or diagonal", site, o.regularization_mode);
   if (o.lambda_mode != "fixed_lambda" && o.lambda_mode != "incremental_lambda")
@@ -375,6 +716,133 @@ inline JointqResult jointq(const float* w_in, std::int64_t rows, std::int64_t co
     q.perm.assign(perm.begin(), perm.end());
     q.dequantize_all();
   }
+  if (is_ggml_grid(o_in.grid.kind)) detail::to_ggml_grid(res.layer, o_in.grid);
+  return res;
+}
+
+// OneComp's "JointQ error propagation" (onecomp.md §1.9): re-quantizes a stage-1 result W0
+// against the float layer's outputs on the quantized model's inputs,
+//   min ‖X w_i − X̂ ŵ_i‖² + λ_i ‖ŵ_i − w0_i‖²   per row, from W0, zero points fixed,
+// λ_i = 10·g_i/‖w0_i‖² (g_i = ‖X w_i − X̂ w0_i‖²), one sweep (+ scale refit) per iteration for at
+// most max_iter iterations, λ_i doubled when the relative change ρ_i = ‖ŵ_i − w0_i‖²/‖w0_i‖²
+// exceeds ρ_max and halved when ρ_i < ρ_max/2, ρ_max = clip(variation_scale·deg, 0,
+// variation_cap) when deg = (g_i − f_i)/f_i > degradation_threshold (f_i = ‖X (w_i − w0_i)‖²,
+// the stage-1 error), else 0: the row stays W0. A row keeps the iterate with the lowest g among
+// those with ρ ≤ ρ_max (W0 itself qualifies), so no row gets worse on the stage-2 objective.
+struct JointqEpOptions {
+  double variation_scale = 0.1;
+  double variation_cap = 0.05;
+  double degradation_threshold = 0.1;
+  int max_iter = 10;
+  double initial_lambda_factor = 10.0;
+  int threads = 0;
+};
+
+struct JointqEpResult {
+  QuantizedLayer layer;
+  std::vector<double> row_degradation;  // (g − f)/f per row
+  std::vector<double> row_error_before;  // g: ‖X w − X̂ w0‖²
+  std::vector<double> row_error_after;   // ‖X w − X̂ ŵ‖²
+  std::vector<double> row_rho;           // ‖ŵ − w0‖²/‖w0‖² of the kept iterate
+  std::int64_t rows_changed = 0;
+};
+
+// w: float [rows, cols]; w0: the stage-1 layer (integer grid, no act-order); xx = XᵀX (float
+// inputs), hh = X̂ᵀX̂ and hx = X̂ᵀX (= H + H_δᵀ in statistics.hpp terms), all [cols, cols].
+inline JointqEpResult jointq_error_propagation(const float* w, std::int64_t rows, std::int64_t cols, const QuantizedLayer& w0,
+                                               const double* xx, const double* hh, const double* hx,
+                                               const JointqEpOptions& o, std::string_view site = "layer") {
+  if (w0.grid.kind != GridKind::kInt)
+    throw_error(Status::kUnsupported, "{}: JointQ error propagation needs an integer-grid stage-1 result, not {}", site, grid_name(w0.grid));
+  if (w0.rows != rows || w0.cols != cols)
+    throw_error(Status::kShapeMismatch, "{}: stage-1 result is [{}, {}], the weight [{}, {}]", site, w0.rows, w0.cols, rows, cols);
+  for (std::int64_t j = 0; j < cols; ++j)
+    if (!w0.perm.empty() || w0.group_index[static_cast<std::size_t>(j)] != j / w0.group_size)
+      throw_error(Status::kUnsupported, "{}: JointQ error propagation needs a stage-1 result without act-order", site);
+  check_finite(w, rows * cols, "weight", site);
+  check_finite(xx, cols * cols, "XᵀX", site);
+  check_finite(hh, cols * cols, "X̂ᵀX̂", site);
+  check_finite(hx, cols * cols, "X̂ᵀX", site);
+  const int threads = o.threads > 0 ? o.threads : default_threads();
+  const Eigen::Map<const MatrixXdR> XX(xx, cols, cols), HX(hx, cols, cols);
+  const MatrixXdR b = detail::times_gram(w, rows, cols, HX.transpose(), threads);  // rows: (X̂ᵀX w)ᵀ
+  JointqEpResult res;
+  res.layer = w0;
+  res.row_degradation.assign(static_cast<std::size_t>(rows), 0.0);
+  res.row_error_before.assign(static_cast<std::size_t>(rows), 0.0);
+  res.row_error_after.assign(static_cast<std::size_t>(rows), 0.0);
+  res.row_rho.assign(static_cast<std::size_t>(rows), 0.0);
+  std::vector<std::int8_t> changed(static_cast<std::size_t>(rows), 0);
+  const std::int64_t gs = w0.group_size, k = w0.groups;
+  parallel_for_each(rows, threads, [&](std::int64_t r) {
+    const auto ri = static_cast<std::size_t>(r);
+    detail::Scratch sc(cols, gs, k);
+    Eigen::VectorXd wr(cols), w0r(cols);
+    detail::RowState st = detail::state_from_layer(w0, r);
+    for (std::int64_t j = 0; j < cols; ++j) {
+      wr[j] = w[r * cols + j];
+      w0r[j] = detail::at(st.s, j / gs) * detail::at(st.v, j);
+    }
+    const double yy = wr.dot(XX * wr);
+    const Eigen::VectorXd e0 = wr - w0r;
+    const double f = e0.dot(XX * e0);
+    detail::RowCtx c;
+    c.a = hh;
+    c.m = cols;
+    c.gs = gs;
+    c.k = k;
+    c.lo = -(1 << (w0.grid.bits - 1));
+    c.hi = (1 << (w0.grid.bits - 1)) - 1;
+    c.b = b.data() + r * cols;
+    c.yy = yy;
+    detail::refresh(c, st, sc);
+    const double g = st.obj;
+    res.row_error_before[ri] = g;
+    res.row_error_after[ri] = g;
+    const double deg = f > 0.0 ? (g - f) / f : 0.0;
+    res.row_degradation[ri] = deg;
+    const double rho_max = deg > o.degradation_threshold ? std::clamp(o.variation_scale * deg, 0.0, o.variation_cap) : 0.0;
+    const double n0 = w0r.squaredNorm();
+    if (!(rho_max > 0.0) || !(n0 > 0.0)) return;
+    double lambda = o.initial_lambda_factor * g / n0;
+    std::vector<double> breg(static_cast<std::size_t>(cols));
+    std::optional<detail::RowState> kept;
+    double kept_err = g;
+    for (int it = 0; it < o.max_iter; ++it) {
+      for (std::int64_t j = 0; j < cols; ++j) detail::at(breg, j) = c.b[j] + lambda * w0r[j];
+      detail::RowCtx cl = c;
+      cl.mu = lambda;
+      cl.b = breg.data();
+      cl.yy = yy + lambda * n0;
+      detail::refresh(cl, st, sc);
+      detail::sweep(cl, st, sc);
+      detail::refit_scales(cl, st, sc);
+      double dist = 0.0;
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const double dj = detail::at(st.s, j / gs) * detail::at(st.v, j) - w0r[j];
+        dist += dj * dj;
+      }
+      const double rho = dist / n0;
+      detail::RowState plain = st;
+      detail::refresh(c, plain, sc);  // the unregularised stage-2 error of this iterate
+      if (rho <= rho_max && plain.obj < kept_err) {
+        kept_err = plain.obj;
+        kept = plain;
+        res.row_rho[ri] = rho;
+      }
+      if (rho > rho_max) lambda *= 2.0;
+      else if (rho < 0.5 * rho_max) lambda *= 0.5;
+    }
+    if (kept) {
+      res.row_error_after[ri] = kept_err;
+      detail::write_row(res.layer, r, *kept, w0.grid.bits);
+      changed[ri] = 1;
+    }
+  });
+  res.rows_changed = std::count(changed.begin(), changed.end(), std::int8_t{1});
+  res.layer.dequantize_all();
+  res.layer.loss = 0.0;
+  for (double v : res.row_error_after) res.layer.loss += v;
   return res;
 }
 
