@@ -6,9 +6,13 @@
 
 #include "qforge/nn/zoo.hpp"
 #include "qforge/providers/qt.hpp"
+#include "providers/provider_test_util.hpp"
 
 namespace qforge::providers {
 namespace {
+
+using test_util::max_rel_diff;
+using test_util::random_tensor;
 
 using rules::QtRule;
 
@@ -18,14 +22,6 @@ QtRule qt_rule(std::optional<QType> w, std::optional<QType> a, std::optional<QTy
   r.act_qtype = a;
   r.bwd_qtype = bwd;
   return r;
-}
-
-TensorF random_tensor(Shape shape, std::uint64_t seed, float lo = -1, float hi = 1) {
-  TensorF t(std::move(shape));
-  nn::Rng rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  for (auto& v : t.vec()) v = d(rng);
-  return t;
 }
 
 // A single Linear under a fixed upstream gradient r: loss = sum(y ⊙ r), so dL/dy = r exactly
@@ -41,15 +37,6 @@ struct OneLinear {
     nn::backward(y, r);
   }
 };
-
-double max_rel_diff(const TensorF& a, const TensorF& b) {
-  double scale = 0, diff = 0;
-  for (std::int64_t i = 0; i < a.size(); ++i) {
-    scale = std::max(scale, double(std::fabs(b[i])));
-    diff = std::max(diff, double(std::fabs(a[i] - b[i])));
-  }
-  return diff / scale;
-}
 
 // qwix-semantics.md §5 item 12.
 TEST(Qt, StraightThroughMaskZeroesGradientsOutsideTheCalibratedRange) {

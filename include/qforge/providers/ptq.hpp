@@ -11,11 +11,16 @@
 // Weight-only sites multiply the dequantized weight in float. Dynamic-range sites quantize the
 // activation per row (per image for a convolution) on the fly; static-range sites use scales
 // frozen from a calibration pass (Qwix's cumulative mean of per-batch absmax, or of min and
-// max). Both then multiply in integers through the backend (QuantizedMatmulOp). A site whose
-// rule leaves weight_qtype unset runs in float. Nothing in the model changes until every site
-// has been prepared, so an error leaves the model as it was.
+// max). Both then multiply in integers through the backend (QuantizedMatmulOp). A product of two
+// activations (an einsum site: attention's q·kᵀ and probs·v) quantizes both operands with the
+// rule's act_qtype, per row and tiled on K as Qwix's einsum does, dynamically or with frozen
+// static scales, and multiplies them in integers too. A site whose rule leaves weight_qtype unset
+// runs in float. Nothing in the model changes until every site has been prepared, so an error
+// leaves the model as it was.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <map>
 #include <memory>
 #include <optional>
@@ -37,7 +42,10 @@ class PtqProvider {
 };
 
 // Static-range statistics per site id: the cumulative mean over batches of the per-batch mean
-// (over act_batch_axes) of each row's range, one value per K tile: shape [1, T].
+// (over act_batch_axes) of each row's range, one value per K tile: shape [1, T]. A product of two
+// activations has one entry per operand, "<site id>_lhs" and "<site id>_rhs" (Qwix's names), of
+// shape [G', X', T]: its operand [G, X, K] averaged over act_batch_axes (G' = 1 when axis 0 is
+// one of them, X' = 1 when axis 1 is).
 struct ActivationStats {
   RunningMean hi;  // absmax, or max for an asymmetric method
   RunningMean lo;  // min for an asymmetric method (unused for symmetric ones)
@@ -50,6 +58,7 @@ using CalibrationStats = std::map<std::string, ActivationStats>;
 struct QuantizedParams {
   std::map<std::string, QArray> weights;                 // "layers.0.weight" -> QArray over [N, K]
   std::map<std::string, ScaleAndZeroPoint> act_scales;   // site id -> frozen activation scale [1, T]
+                                                         // (operand key -> [G', X', T] for einsum sites)
 };
 
 namespace detail {
@@ -96,6 +105,102 @@ inline QArray expand_row_groups(const QArray& q, std::int64_t rows_per_group) {
   return out;
 }
 
+// ---- products of two activations (einsum sites: lhs [G, M, K], rhs [G, N, K]) ---------------
+// Both operands are activations, quantized with the rule's act_qtype and act_calibration_method,
+// channelwise on their non-contracting axes (G and the row) and tiled on K (Qwix's einsum
+// default), so group g is an ordinary [M, K] · [N, K]ᵀ product of per-row-scaled operands.
+
+// The statistics / frozen-scale key of operand `which` (0 lhs, 1 rhs) of an einsum site.
+inline std::string operand_key(const std::string& site_id, int which) { return site_id + (which ? "_rhs" : "_lhs"); }
+
+// Group g of a [G, X, K] tensor as a [X, K] matrix.
+inline TensorF group_slice(const TensorF& t, std::int64_t g) {
+  const std::int64_t X = t.shape()[1], K = t.shape()[2];
+  return TensorF({X, K}, std::vector<float>(t.data() + g * X * K, t.data() + (g + 1) * X * K));
+}
+
+// A per-batch range of one operand [G, X, K]: each row's K tiles calibrated, then averaged over
+// act_batch_axes (0 and/or 1; the contracting axis 2 is refused by check_site_layout).
+inline std::pair<TensorF, TensorF> operand_range(const TensorF& op, const rules::SiteConfig& c, std::string_view name) {
+  const HowToQuantize how = act_how(c, op.shape(), 1);
+  const QuantLayout layout(op.shape(), how, name);
+  const CalibratedRange r = calibrate(op.data(), layout, parse_calibration_method(how.calibration_method), how.qtype, name);
+  const Shape& in = r.hi.shape();  // [G, X, T]
+  const auto averaged = [&](int axis) { return std::find(c.act_batch_axes.begin(), c.act_batch_axes.end(), axis) != c.act_batch_axes.end(); };
+  const Shape out_shape{averaged(0) ? 1 : in[0], averaged(1) ? 1 : in[1], in[2]};
+  TensorF hi(out_shape), lo(out_shape);
+  const double n = static_cast<double>(numel(in) / numel(out_shape));
+  std::vector<double> sh(static_cast<std::size_t>(hi.size())), sl(sh.size());
+  for (std::int64_t g = 0; g < in[0]; ++g)
+    for (std::int64_t x = 0; x < in[1]; ++x)
+      for (std::int64_t t = 0; t < in[2]; ++t) {
+        const std::int64_t src = (g * in[1] + x) * in[2] + t;
+        const auto dst = static_cast<std::size_t>(((out_shape[0] == 1 ? 0 : g) * out_shape[1] + (out_shape[1] == 1 ? 0 : x)) * in[2] + t);
+        sh[dst] += r.hi[src];
+        sl[dst] += r.lo[src];
+      }
+  for (std::int64_t i = 0; i < hi.size(); ++i) {
+    hi[i] = static_cast<float>(sh[static_cast<std::size_t>(i)] / n);
+    lo[i] = static_cast<float>(sl[static_cast<std::size_t>(i)] / n);
+  }
+  return {hi, lo};
+}
+
+// Adds one batch's range to static statistics (Qwix's cumulative mean).
+inline void record_range(ActivationStats& st, const std::pair<TensorF, TensorF>& range, std::string_view method, std::string_view name) {
+  st.symmetric = parse_calibration_method(method).symmetric();
+  st.hi.update(range.first, name);
+  st.lo.update(range.second, name);
+}
+
+// The frozen scale (and zero point) the statistics give.
+inline ScaleAndZeroPoint frozen_scale(const ActivationStats& st, QType qtype) {
+  CalibratedRange range{st.lo.value(), st.hi.value(), st.symmetric};
+  if (range.symmetric)
+    for (std::int64_t i = 0; i < range.hi.size(); ++i) range.lo[i] = -range.hi[i];
+  return compute_scale(range, qtype);
+}
+
+// Group g (of G) of a frozen operand scale [G', X', T] (G' = 1 or G) as [X', T].
+inline ScaleAndZeroPoint group_scale(const ScaleAndZeroPoint& s, std::int64_t g, std::int64_t G, std::string_view name) {
+  const Shape& sh = s.scale.shape();
+  if (sh[0] != 1 && sh[0] != G)
+    throw_error(Status::kShapeMismatch, "{}: the frozen scale {} has {} groups, the input {}", name, shape_str(sh), sh[0], G);
+  const std::int64_t gg = sh[0] == 1 ? 0 : g, n = sh[1] * sh[2];
+  ScaleAndZeroPoint out{TensorF({sh[1], sh[2]}, std::vector<float>(s.scale.data() + gg * n, s.scale.data() + (gg + 1) * n)),
+                        std::nullopt};
+  if (s.zero_point) {
+    out.zero_point = Tensor<std::int32_t>({sh[1], sh[2]});
+    std::copy_n(s.zero_point->data() + gg * n, n, out.zero_point->data());
+  }
+  return out;
+}
+
+// The scale shape of an einsum operand (shape [G, X, K]) under the site's rule: [G, X, T] per
+// row, or [G', X', T] frozen (averaged over act_batch_axes).
+inline Shape operand_scale_shape(const SiteInfo& s, const Shape& op) {
+  Shape shape = QuantLayout(op, act_how(s.config, op, 1)).scale_shape();
+  if (s.config.act_static_scale)
+    for (int axis : s.config.act_batch_axes)
+      if (axis < 2) shape[static_cast<std::size_t>(axis)] = 1;
+  return shape;
+}
+
+// One operand slice [X, K] of a product of two activations, quantized per row (tiled on K), or
+// with a frozen scale [X' (1 or X), T].
+inline QArray quantize_operand(const TensorF& slice, const rules::SiteConfig& c, const ScaleAndZeroPoint* frozen,
+                               std::string_view name) {
+  HowToQuantize how = act_how(c, slice.shape(), 1);
+  QuantizeOptions opts;
+  opts.name = name;
+  if (!frozen) return quantize(slice, how, opts);
+  if (frozen->scale.shape()[0] == 1) {
+    how.channelwise_axes.clear();
+    how.tiled_axes.erase(0);
+  }
+  return quantize_with_scale(slice, how, *frozen, opts);
+}
+
 inline TensorF float_matmul_nt(const TensorF& a, const TensorF& b) {
   const std::int64_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[0];
   TensorF d({M, N});
@@ -109,13 +214,53 @@ inline TensorF integer_product(const QArray& a, const QArray& b) {
   return d;
 }
 
+// A PTQ product of two activations must be integer x integer with at most one zero point.
+inline void check_activation_product(const SiteInfo& s) {
+  if (s.weight || !s.config.weight_qtype || !s.config.act_qtype) return;
+  if (!parse_calibration_method(s.config.act_calibration_method).symmetric())
+    throw_error(Status::kUnsupported,
+                "{}: act_calibration_method '{}' is asymmetric, which would give both operands of this product of two "
+                "activations a zero point; the integer product allows one (Qwix: \"only one operand can be "
+                "asymmetric\"); use a symmetric method such as absmax",
+                site_label(s), s.config.act_calibration_method);
+  if (!is_integer(*s.config.act_qtype))
+    throw_error(Status::kUnsupported, "{}: act_qtype {} is not an integer type; a product of two activations runs in integers",
+                site_label(s), to_string(*s.config.act_qtype));
+}
+
 // The site's prepared state in a quantized model.
 struct PreparedSite {
   SiteInfo info;
   std::optional<QArray> weight;             // over the [N, K] view
   std::optional<ScaleAndZeroPoint> act_scale;  // static range only
   std::string mode;
+  bool activation_product = false;                         // an einsum site with both operands quantized
+  std::array<std::optional<ScaleAndZeroPoint>, 2> operand_scales;  // its frozen [G', X', T] scales (static range)
 };
+
+// y[G, M, N] = dq(lhs) · dq(rhs)ᵀ per group, each operand quantized per row (or with its frozen
+// scale) and every group multiplied in integers through the backend.
+inline TensorF activation_product(const PreparedSite& p, const nn::SiteCall& call) {
+  const TensorF& a = call.lhs.value();
+  const TensorF& b = call.rhs.value();
+  if (a.shape().size() != 3 || b.shape().size() != 3)
+    throw_error(Status::kShapeMismatch, "a product of two activations needs [G, M, K] and [G, N, K] operands, got {} and {}",
+                shape_str(a.shape()), shape_str(b.shape()));
+  const std::int64_t G = a.shape()[0], M = a.shape()[1], N = b.shape()[1];
+  const std::string keys[2] = {operand_key(p.info.site.id(), 0), operand_key(p.info.site.id(), 1)};
+  TensorF y({G, M, N});
+  for (std::int64_t g = 0; g < G; ++g) {
+    QArray q[2];
+    for (int w = 0; w < 2; ++w) {
+      const auto& scale = p.operand_scales[static_cast<std::size_t>(w)];
+      const std::optional<ScaleAndZeroPoint> frozen = scale ? std::optional(group_scale(*scale, g, G, keys[w])) : std::nullopt;
+      q[w] = quantize_operand(group_slice(w ? b : a, g), p.info.config, frozen ? &*frozen : nullptr, keys[w]);
+    }
+    const TensorF yg = integer_product(q[0], q[1]);
+    std::copy(yg.data(), yg.data() + yg.size(), y.data() + g * M * N);
+  }
+  return y;
+}
 
 class PtqInterceptor : public nn::Interceptor {
  public:
@@ -124,11 +269,11 @@ class PtqInterceptor : public nn::Interceptor {
 
   std::optional<nn::Var> intercept(nn::Context&, const nn::SiteCall& call) override {
     const auto it = sites_.find(call.site.id());
-    if (it == sites_.end() || !it->second.weight) return std::nullopt;
+    if (it == sites_.end()) return std::nullopt;
     const PreparedSite& p = it->second;
+    if (p.activation_product) return nn::Var(at_site(p.info, [&] { return activation_product(p, call); }));
+    if (!p.weight || !call.weight || call.lhs.rank() != 2) return std::nullopt;
     const TensorF lhs = rows_view(call.lhs);
-    if (lhs.shape().size() != 2 || !call.weight)  // activation x activation: fake-quantized in float
-      return std::nullopt;
     if (!p.info.config.act_qtype) return nn::Var(float_matmul_nt(lhs, dequantize(*p.weight)));
     const HowToQuantize how = act_how(p.info.config, lhs.shape(), call.rows_per_scale_group);
     QuantizeOptions opts;
@@ -158,21 +303,29 @@ class CalibrationInterceptor : public nn::Interceptor {
  public:
   explicit CalibrationInterceptor(const std::vector<SiteInfo>& sites) {
     for (const auto& s : sites)
-      if (s.config.weight_qtype && s.config.act_qtype && s.config.act_static_scale && s.weight) sites_[s.site.id()] = &s;
+      if (s.config.weight_qtype && s.config.act_qtype && s.config.act_static_scale) sites_[s.site.id()] = &s;
   }
   std::optional<nn::Var> intercept(nn::Context&, const nn::SiteCall& call) override {
     const auto it = sites_.find(call.site.id());
     if (it == sites_.end()) return std::nullopt;
     const SiteInfo& site = *it->second;
+    if (!site.weight) {  // a product of two activations: statistics for both operands
+      check_finite(call.lhs.value(), site, "calibration activation (lhs)");
+      check_finite(call.rhs.value(), site, "calibration activation (rhs)");
+      at_site(site, [&] {
+        for (int w = 0; w < 2; ++w) {
+          const std::string key = operand_key(call.site.id(), w);
+          record_range(stats[key], operand_range((w ? call.rhs : call.lhs).value(), site.config, key),
+                       site.config.act_calibration_method, key);
+        }
+      });
+      return std::nullopt;
+    }
     const TensorF lhs = rows_view(call.lhs);
     check_finite(lhs, site, "calibration activation");
     at_site(site, [&] {
       const HowToQuantize how = act_how(site.config, lhs.shape(), call.rows_per_scale_group);
-      auto [hi, lo] = batch_range(lhs, how, call.site.id());
-      ActivationStats& st = stats[call.site.id()];
-      st.symmetric = parse_calibration_method(how.calibration_method).symmetric();
-      st.hi.update(hi, call.site.id());
-      st.lo.update(lo, call.site.id());
+      record_range(stats[call.site.id()], batch_range(lhs, how, call.site.id()), how.calibration_method, call.site.id());
     });
     return std::nullopt;
   }
@@ -219,7 +372,21 @@ inline QuantizedParams quantize_params(const std::map<std::string, TensorF>& fp_
                                        const CalibrationStats& stats) {
   QuantizedParams out;
   for (const auto& s : sites) {
-    if (!s.config.weight_qtype || !s.weight) continue;
+    if (!s.config.weight_qtype) continue;
+    check_site_layout(s);
+    if (!s.weight) {  // a product of two activations: frozen scales for both operands
+      detail::check_activation_product(s);
+      if (!s.config.act_qtype || !s.config.act_static_scale) continue;
+      for (int w = 0; w < 2; ++w) {
+        const std::string key = detail::operand_key(s.site.id(), w);
+        const auto st = stats.find(key);
+        if (st == stats.end() || st->second.hi.count() == 0)
+          throw_error(Status::kNotFound, "quantize_params: {} uses static activation scales but has no calibration statistics for '{}'",
+                      site_label(s), key);
+        out.act_scales.insert_or_assign(key, at_site(s, [&] { return detail::frozen_scale(st->second, *s.config.act_qtype); }));
+      }
+      continue;
+    }
     const auto it = fp_params.find(s.weight_name);
     if (it == fp_params.end()) throw_error(Status::kNotFound, "quantize_params: no float parameter '{}' for {}", s.weight_name, site_label(s));
     if (it->second.size() != numel(s.rhs_shape))
@@ -235,10 +402,7 @@ inline QuantizedParams quantize_params(const std::map<std::string, TensorF>& fp_
       const auto st = stats.find(s.site.id());
       if (st == stats.end() || st->second.hi.count() == 0)
         throw_error(Status::kNotFound, "quantize_params: {} uses a static activation scale but has no calibration statistics", site_label(s));
-      CalibratedRange range{st->second.lo.value(), st->second.hi.value(), st->second.symmetric};
-      if (range.symmetric)
-        for (std::int64_t i = 0; i < range.hi.size(); ++i) range.lo[i] = -range.hi[i];
-      out.act_scales.insert_or_assign(s.site.id(), at_site(s, [&] { return compute_scale(range, *s.config.act_qtype); }));
+      out.act_scales.insert_or_assign(s.site.id(), at_site(s, [&] { return detail::frozen_scale(st->second, *s.config.act_qtype); }));
     }
   }
   return out;
@@ -251,8 +415,21 @@ inline rules::QuantizationReport install_quantized(nn::Module& model, const std:
   rules::QuantizationReport report;
   report.provider = "ptq";
   for (const auto& s : sites) {
-    detail::PreparedSite p{s, std::nullopt, std::nullopt, "float"};
-    if (s.config.weight_qtype && s.weight) {
+    detail::PreparedSite p{s, std::nullopt, std::nullopt, "float", false, {}};
+    if (s.config.weight_qtype) check_site_layout(s);
+    if (s.config.weight_qtype && !s.weight && s.config.act_qtype) {
+      detail::check_activation_product(s);
+      p.activation_product = true;
+      p.mode = s.config.act_static_scale ? "static-range" : "dynamic-range";
+      if (s.config.act_static_scale)
+        for (int w = 0; w < 2; ++w) {
+          const auto a = params.act_scales.find(detail::operand_key(s.site.id(), w));
+          if (a == params.act_scales.end())
+            throw_error(Status::kNotFound, "install_quantized: {} needs a static scale '{}' and has none", site_label(s),
+                        detail::operand_key(s.site.id(), w));
+          p.operand_scales[static_cast<std::size_t>(w)] = a->second;
+        }
+    } else if (s.config.weight_qtype && s.weight) {
       const auto w = params.weights.find(s.weight_name);
       if (w == params.weights.end())
         throw_error(Status::kNotFound, "install_quantized: {} has no quantized weight '{}'", site_label(s), s.weight_name);
@@ -269,7 +446,12 @@ inline rules::QuantizationReport install_quantized(nn::Module& model, const std:
       }
     }
     report.sites.push_back(site_report(s, p.weight ? &*p.weight : nullptr, p.mode));
-    if (!s.weight && s.config.weight_qtype) report.sites.back().note = "product of two activations stays float";
+    if (p.activation_product) {
+      report.sites.back().note =
+          activation_product_note(s, detail::operand_scale_shape(s, s.lhs_shape), detail::operand_scale_shape(s, s.rhs_shape));
+    } else if (!s.weight && s.config.weight_qtype) {
+      report.sites.back().note = kUnquantizedActivationProductNote;
+    }
     prepared.emplace(s.site.id(), std::move(p));
   }
   model.install_interceptor(std::make_shared<detail::PtqInterceptor>(std::move(prepared), sites));

@@ -126,6 +126,49 @@ inline HowToQuantize act_how(const rules::SiteConfig& c, const Shape& lhs_shape,
   return h;
 }
 
+// What the rules alone cannot check, against the site's shapes (called before anything is
+// installed, so the model stays as it was):
+//  - the contracting axis K is never channelwise: a tile_size that resolves to 1 (an element
+//    count of 1, or a fraction of 1/K) would give every element of K its own scale (Qwix: "tile 1
+//    means per-channel"), and the product could no longer be an integer dot over K times one
+//    scale per operand row;
+//  - a product of two activations with static scales averages over act_batch_axes 0 (G) and 1
+//    (the row), never over its contracting axis 2.
+inline void check_site_layout(const SiteInfo& s) {
+  if (!s.config.weight_qtype || s.lhs_shape.empty()) return;
+  const int k_axis = static_cast<int>(s.lhs_shape.size()) - 1;
+  const std::int64_t K = s.lhs_shape.back();
+  if (s.config.tile_size && K > 1) {
+    const auto* count = std::get_if<std::int64_t>(&*s.config.tile_size);
+    const std::int64_t tile = count ? *count : std::llround(static_cast<double>(K) * std::get<double>(*s.config.tile_size));
+    if (tile == 1)
+      throw_error(Status::kInvalidArgument,
+                  "{}: tile_size {} makes the contracting axis {} (size {}) channelwise, one scale per element; scales "
+                  "may be channelwise only on non-contracting axes, so that the product stays an integer dot over "
+                  "the contracting axis times one scale per operand row; use a tile of at least 2 or leave tile_size unset",
+                  site_label(s), std::holds_alternative<double>(*s.config.tile_size) ? fmt::format("{}", std::get<double>(*s.config.tile_size))
+                                                                                     : std::string("1"),
+                  k_axis, K);
+  }
+  if (!s.weight && s.config.act_qtype && s.config.act_static_scale)
+    for (int axis : s.config.act_batch_axes)
+      if (axis >= k_axis)
+        throw_error(Status::kInvalidArgument,
+                    "{}: act_batch_axes holds axis {}, but the operands of this product of two activations are [G, "
+                    "rows, K] and axis {} is the contracting axis; static scales average over axes 0 and 1 only",
+                    site_label(s), axis, k_axis);
+}
+
+// The report note of a product of two activations the rule leaves float (act_qtype unset).
+inline constexpr std::string_view kUnquantizedActivationProductNote =
+    "product of two activations: act_qtype unset, nothing to quantize, stays float";
+
+// The report note of a product of two activations whose operands are quantized.
+inline std::string activation_product_note(const SiteInfo& s, const Shape& lhs_scale, const Shape& rhs_scale) {
+  return fmt::format("product of two activations: both operands {}, lhs scale {}, rhs scale {}", to_string(*s.config.act_qtype),
+                     shape_str(lhs_scale), shape_str(rhs_scale));
+}
+
 inline std::string qtype_name(const std::optional<QType>& t) { return t ? std::string(to_string(*t)) : std::string(); }
 
 // The report entry for a site whose weight was quantized to `q` (or left float when q is null).

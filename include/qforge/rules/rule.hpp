@@ -56,6 +56,7 @@ struct SiteConfig {
   bool act_static_scale = false;
   std::string weight_calibration_method = "absmax";
   std::string act_calibration_method = "absmax";
+  std::vector<int> act_batch_axes = {0};
   std::optional<QType> bwd_qtype;
   std::string bwd_calibration_method = "absmax";
   bool bwd_stochastic_rounding = false;
@@ -137,6 +138,7 @@ inline SiteConfig to_site_config(const QuantizationRule& r, int index) {
   c.act_static_scale = r.act_static_scale;
   c.weight_calibration_method = r.weight_calibration_method;
   c.act_calibration_method = r.act_calibration_method.value_or("absmax");
+  c.act_batch_axes = r.act_batch_axes;
   return c;
 }
 inline SiteConfig to_site_config(const QtRule& r, int index) {
