@@ -17,6 +17,7 @@
 #include "cli_util.hpp"
 #include "command.hpp"
 #include "qforge/algorithms/gptq.hpp"
+#include "qforge/algorithms/jointq.hpp"
 #include "qforge/algorithms/qep.hpp"
 #include "qforge/algorithms/statistics.hpp"
 #include "qforge/analysis/metrics.hpp"
@@ -35,6 +36,7 @@ struct QuantizeArgs {
   std::string calibration;        // empty: absmax, or minmax for unsigned qtypes
   bool dry_run = false;
   int threads = 0;
+  int jointq_threads = 1;  // row threads inside one JointQ tensor (set by run_quantize)
 };
 
 // What one tensor becomes.
@@ -281,7 +283,8 @@ const algorithms::LayerStatistics& statistics_for(const algorithms::StatisticsSe
   throw_error(Status::kNotFound, "{}: no statistics for tensor '{}' (looked for sites '{}' and '{}')", calib, t.name, module, t.name);
 }
 
-// GPTQ (or QEP correction then GPTQ) of one [out, in] weight into a GGML block type.
+// GPTQ, QEP (correction then GPTQ) or JointQ (OneComp defaults: λ 0.1, diagonal R; solved on the
+// block type's integer lattice, scales rounded to fp16) of one [out, in] weight into a GGML block type.
 Result run_layer_method(const TensorF& x, const formats::CheckpointTensor& t, const Planned& p, const QuantizeArgs& a,
                         const algorithms::StatisticsSet& stats) {
   if (x.rank() != 2)
@@ -294,7 +297,13 @@ Result run_layer_method(const TensorF& x, const formats::CheckpointTensor& t, co
                                                                                                      : "q8_0"));
   const std::int64_t rows = x.dim(0), cols = x.dim(1);
   algorithms::QuantizedLayer q;
-  if (a.method == "qep") {
+  if (a.method == "jointq") {
+    algorithms::JointqOptions jo;
+    jo.grid = opt.grid;
+    jo.threads = a.jointq_threads;
+    q = algorithms::jointq(x.data(), rows, cols, st.h.data(), static_cast<double>(std::max<std::int64_t>(st.tokens, 1)), jo,
+                           t.name).layer;
+  } else if (a.method == "qep") {
     if (st.h_delta.empty())
       throw_error(Status::kInvalidArgument, "--method qep: {} has no hessian_delta for tensor '{}' (collect statistics with "
                   "a quantized stream)", a.calib, t.name);
@@ -461,11 +470,9 @@ void check_paths(const QuantizeArgs& a) {
   std::error_code ec;
   if (fs::exists(a.output) && fs::equivalent(a.input, a.output, ec))
     throw_error(Status::kInvalidArgument, "{}: output is the input file; refusing to overwrite it", a.output);
-  if (a.method == "jointq")
-    throw_error(Status::kUnsupported, "--method jointq: not available for checkpoint files yet; use rtn, gptq or qep");
-  if (a.method != "rtn" && a.method != "gptq" && a.method != "qep")
-    throw_error(Status::kInvalidArgument, "--method {}: unknown (rtn, gptq, qep)", a.method);
-  if (a.method == "rtn" && !a.calib.empty()) throw_error(Status::kInvalidArgument, "--calib is only used by --method gptq|qep");
+  if (a.method != "rtn" && a.method != "gptq" && a.method != "qep" && a.method != "jointq")
+    throw_error(Status::kInvalidArgument, "--method {}: unknown (rtn, gptq, qep, jointq)", a.method);
+  if (a.method == "rtn" && !a.calib.empty()) throw_error(Status::kInvalidArgument, "--calib is only used by --method gptq|qep|jointq");
   if (a.method != "rtn" && a.calib.empty())
     throw_error(Status::kInvalidArgument, "--method {} needs --calib STATS.safetensors (per-layer Hessians, see `qforge stats`)", a.method);
   if (a.method != "rtn" && formats::format_of(a.output) != formats::FileFormat::kGguf)
@@ -503,8 +510,14 @@ void run_quantize(QuantizeArgs a) {
 
   const algorithms::StatisticsSet stats = a.calib.empty() ? algorithms::StatisticsSet{} : algorithms::load_statistics(a.calib);
   std::vector<Result> results(planned.size());
+  // JointQ threads over rows inside a tensor; split the threads so tensors x rows stays at --threads.
+  const int threads = a.threads > 0 ? a.threads : default_threads();
+  const auto layer_tensors = std::count_if(planned.begin(), planned.end(), [](const Planned& p) {
+    return p.target.kind == Target::Kind::kGgml && formats::ggml_traits(p.target.ggml).quantized;
+  });
+  a.jointq_threads = std::max(1, threads / static_cast<int>(std::clamp<std::int64_t>(layer_tensors, 1, threads)));
   cli::Progress progress("quantize", static_cast<std::int64_t>(planned.size()));
-  parallel_for_each(static_cast<std::int64_t>(planned.size()), a.threads > 0 ? a.threads : default_threads(), [&](std::int64_t i) {
+  parallel_for_each(static_cast<std::int64_t>(planned.size()), threads, [&](std::int64_t i) {
     cli::throw_if_interrupted();
     const auto& p = planned[static_cast<std::size_t>(i)];
     results[static_cast<std::size_t>(i)] = run_one(in, p, out_format, a, stats);
@@ -554,9 +567,9 @@ void setup_quantize(CLI::App& root) {
                   "uint4/uint8)");
   cmd->add_option("--rules", args.rules_path, "YAML/JSON list of {match, type, group_size, calibration}; first full match wins")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--method", args.method, "rtn (round to nearest), gptq or qep (GGUF q4_0/q4_1/q8_0, with --calib)")
+  cmd->add_option("--method", args.method, "rtn (round to nearest), gptq, qep or jointq (GGUF q4_0/q4_1/q8_0, with --calib)")
       ->capture_default_str();
-  cmd->add_option("--calib", args.calib, "Per-layer statistics (H, H_delta) from `qforge stats`, for gptq/qep")
+  cmd->add_option("--calib", args.calib, "Per-layer statistics (H, H_delta) from `qforge stats`, for gptq/qep/jointq")
       ->check(CLI::ExistingFile);
   cmd->add_option("--report", args.report_path, "Write the per-tensor report as JSON");
   cmd->add_flag("--dry-run", args.dry_run, "Print which rule hits which tensor and the sizes; write nothing");

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -14,6 +15,7 @@
 
 #include "cli/cli_test_util.hpp"
 #include "qforge/algorithms/gptq.hpp"
+#include "qforge/algorithms/jointq.hpp"
 #include "qforge/algorithms/statistics.hpp"
 #include "qforge/analysis/weight_suite.hpp"
 #include "qforge/formats/checkpoint.hpp"
@@ -128,12 +130,12 @@ TEST(DequantizeCommand, GgufToSafetensorsIsTheReferenceDecoder) {
   EXPECT_NE(bad.output.find("dequantize writes safetensors"), std::string::npos) << bad.output;
 }
 
-TEST(QuantizeCommand, MethodsWithoutAnImplementationAreRefused) {
+TEST(QuantizeCommand, UnknownMethodsAndMisplacedCalibrationAreRefused) {
   ScratchDir dir;
   const std::string in = write_model(dir, 1), out = dir / "m.gguf";
-  const auto r = run_qforge("quantize " + in + " -o " + out + " --method jointq");
+  const auto r = run_qforge("quantize " + in + " -o " + out + " --method awq");
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.output.find("--method jointq: not available"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--method awq: unknown"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(out));
   const auto calib = run_qforge("quantize " + in + " -o " + out + " --calib " + in);
   EXPECT_EQ(calib.exit_code, 1);
@@ -400,37 +402,32 @@ TEST(QuantizeRules, QwixStyleRuleFiles) {
   EXPECT_NE(bad.output.find(rules + ":2: field 'weight_qtype': unknown qtype 'int9'"), std::string::npos) << bad.output;
 }
 
-// --method gptq with per-layer statistics: the GGUF blocks decode exactly to what
-// algorithms::gptq returns for the same weight and Hessian, and on the calibration inputs (strongly
-// correlated, so GPTQ has error to redistribute) the output error ||(W - Q) X|| is below RTN's.
-TEST(QuantizeCommand, GptqWithStatisticsIntoGguf) {
-  ScratchDir dir;
-  const std::int64_t rows = 32, cols = 64, tokens = 512;
-  const TensorF w = analysis::generate_weights(analysis::WeightFamily::kGaussian, rows, cols, 11);
-  analysis::WeightGenerator g(12);
-  std::vector<float> xs(static_cast<std::size_t>(tokens * cols));
-  for (std::int64_t t = 0; t < tokens; ++t) {
-    const double common = g.normal();
-    for (std::int64_t j = 0; j < cols; ++j) xs[static_cast<std::size_t>(t * cols + j)] = static_cast<float>(common + 0.3 * g.normal());
-  }
-  formats::SafetensorsWriter mw;
-  mw.add_f32("proj.weight", w);
-  mw.add_f32("proj.bias", TensorF({rows}, 0.1f));
-  const std::string in = dir / "m.safetensors", calib = dir / "stats.safetensors", out = dir / "gptq.gguf", rtn = dir / "rtn.gguf";
-  mw.write(in);
-  algorithms::LayerStatistics st(cols);
-  st.add(xs.data(), nullptr, tokens, "proj");
-  algorithms::save_statistics({{"proj", st}}, calib);
+// A [32, 64] layer with per-layer statistics over strongly correlated inputs (so GPTQ and JointQ
+// have error to redistribute), written as a model and a statistics file.
+struct CalibratedLayer {
+  static constexpr std::int64_t rows = 32, cols = 64, tokens = 512;
+  TensorF w;
+  std::vector<float> xs;
+  algorithms::LayerStatistics st{cols};
+  std::string in, calib;
 
-  const auto r = run_qforge("quantize " + in + " -o " + out + " --type q4_0 --method gptq --calib " + calib);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  ASSERT_EQ(run_qforge("quantize " + in + " -o " + rtn + " --type q4_0").exit_code, 0);
-  algorithms::GptqOptions opt;
-  opt.grid = algorithms::parse_grid("q4_0");
-  const auto want = algorithms::gptq(w.data(), rows, cols, st.h.data(), opt, "proj");
-  const TensorF got = formats::GgufFile(out).to_float("proj.weight"), plain = formats::GgufFile(rtn).to_float("proj.weight");
-  for (std::int64_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want.weight[static_cast<std::size_t>(i)]) << i;
-  auto output_error = [&](const TensorF& q) {
+  explicit CalibratedLayer(const ScratchDir& dir)
+      : w(analysis::generate_weights(analysis::WeightFamily::kGaussian, rows, cols, 11)),
+        xs(static_cast<std::size_t>(tokens * cols)), in(dir / "m.safetensors"), calib(dir / "stats.safetensors") {
+    analysis::WeightGenerator g(12);
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      const double common = g.normal();
+      for (std::int64_t j = 0; j < cols; ++j) xs[static_cast<std::size_t>(t * cols + j)] = static_cast<float>(common + 0.3 * g.normal());
+    }
+    formats::SafetensorsWriter mw;
+    mw.add_f32("proj.weight", w);
+    mw.add_f32("proj.bias", TensorF({rows}, 0.1f));
+    mw.write(in);
+    st.add(xs.data(), nullptr, tokens, "proj");
+    algorithms::save_statistics({{"proj", st}}, calib);
+  }
+  // ||(W − Q) Xᵀ||² on the calibration inputs.
+  double output_error(const TensorF& q) const {
     double e = 0;
     for (std::int64_t t = 0; t < tokens; ++t)
       for (std::int64_t o = 0; o < rows; ++o) {
@@ -440,8 +437,28 @@ TEST(QuantizeCommand, GptqWithStatisticsIntoGguf) {
         e += d * d;
       }
     return e;
-  };
-  EXPECT_LT(output_error(got), output_error(plain));
+  }
+};
+
+// --method gptq with per-layer statistics: the GGUF blocks decode exactly to what
+// algorithms::gptq returns for the same weight and Hessian, and the output error is below RTN's.
+TEST(QuantizeCommand, GptqWithStatisticsIntoGguf) {
+  ScratchDir dir;
+  const CalibratedLayer l(dir);
+  const std::int64_t rows = l.rows, cols = l.cols;
+  const std::string& in = l.in;
+  const std::string& calib = l.calib;
+  const auto& st = l.st;
+  const std::string out = dir / "gptq.gguf", rtn = dir / "rtn.gguf";
+  const auto r = run_qforge("quantize " + in + " -o " + out + " --type q4_0 --method gptq --calib " + calib);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_EQ(run_qforge("quantize " + in + " -o " + rtn + " --type q4_0").exit_code, 0);
+  algorithms::GptqOptions opt;
+  opt.grid = algorithms::parse_grid("q4_0");
+  const auto want = algorithms::gptq(l.w.data(), rows, cols, st.h.data(), opt, "proj");
+  const TensorF got = formats::GgufFile(out).to_float("proj.weight"), plain = formats::GgufFile(rtn).to_float("proj.weight");
+  for (std::int64_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want.weight[static_cast<std::size_t>(i)]) << i;
+  EXPECT_LT(l.output_error(got), l.output_error(plain));
 
   const auto no_calib = run_qforge("quantize " + in + " -o " + (dir / "x.gguf") + " --type q4_0 --method gptq");
   EXPECT_EQ(no_calib.exit_code, 1);
@@ -450,6 +467,35 @@ TEST(QuantizeCommand, GptqWithStatisticsIntoGguf) {
   const auto missing = run_qforge("quantize " + in + " -o " + (dir / "x.gguf") + " --type q4_0 --method gptq --calib " + (dir / "other.safetensors"));
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.output.find("no statistics for tensor 'proj.weight'"), std::string::npos) << missing.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "x.gguf"));
+}
+
+// --method jointq: for every GGML block type the blocks decode exactly to algorithms::jointq's
+// result (whatever the thread count), below GPTQ's output error and far below RTN's.
+TEST(QuantizeCommand, JointqWithStatisticsIntoGguf) {
+  ScratchDir dir;
+  const CalibratedLayer l(dir);
+  for (const char* type : {"q4_0", "q4_1", "q8_0"}) {
+    SCOPED_TRACE(type);
+    const std::string out = dir / (std::string("jq.") + type + ".gguf"), gptq = dir / (std::string("gptq.") + type + ".gguf");
+    const auto r = run_qforge("quantize " + l.in + " -o " + out + " --type " + type + " --method jointq --calib " + l.calib);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    ASSERT_EQ(run_qforge("quantize " + l.in + " -o " + gptq + " --type " + type + " --method gptq --calib " + l.calib).exit_code, 0);
+    algorithms::JointqOptions o;
+    o.grid = algorithms::parse_grid(type);
+    o.threads = 3;
+    const auto want = algorithms::jointq(l.w.data(), l.rows, l.cols, l.st.h.data(), static_cast<double>(l.tokens), o, "proj");
+    const formats::GgufFile g(out);
+    const TensorF got = g.to_float("proj.weight");
+    for (std::int64_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want.layer.weight[static_cast<std::size_t>(i)]) << i;
+    EXPECT_EQ(g.to_float("proj.bias")[0], 0.1f);
+    const double e_jq = l.output_error(got), e_gptq = l.output_error(formats::GgufFile(gptq).to_float("proj.weight"));
+    std::printf("[ %s ] output error JointQ %.4g, GPTQ %.4g\n", type, e_jq, e_gptq);
+    EXPECT_LT(e_jq, e_gptq);
+  }
+  const auto no_calib = run_qforge("quantize " + l.in + " -o " + (dir / "x.gguf") + " --type q4_0 --method jointq");
+  EXPECT_EQ(no_calib.exit_code, 1);
+  EXPECT_NE(no_calib.output.find("--method jointq needs --calib"), std::string::npos) << no_calib.output;
   EXPECT_FALSE(std::filesystem::exists(dir / "x.gguf"));
 }
 
