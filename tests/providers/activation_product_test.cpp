@@ -195,6 +195,22 @@ TEST(ActivationProduct, QatGradientsAreMaskedStraightThrough) {
     }
 }
 
+// QAT static range: each operand's statistics update (cumulative mean) only while training.
+TEST(ActivationProduct, QatStaticOperandScalesUpdateOnlyWhileTraining) {
+  Scores m(random_tensor({2, 5, 8}, 56));
+  auto rule = einsum_rule<rules::QtRule>(QType::kInt8);
+  rule.act_static_scale = true;
+  quantize_model(m, QtProvider({rule}), {random_tensor({2, 4, 8}, 57)});
+  const auto& st = dynamic_cast<detail::QtInterceptor&>(*m.interceptor()).sites().at("/einsum0");
+  for (bool training : {true, true, false}) {
+    nn::Context ctx(m.interceptor().get(), training);
+    m.forward(ctx, nn::Var(random_tensor({2, 4, 8}, 58)));
+  }
+  EXPECT_EQ(st.operand_stats[0].hi.count(), 2);
+  EXPECT_EQ(st.operand_stats[1].hi.count(), 2);
+  EXPECT_EQ(st.operand_stats[0].hi.value().shape(), (Shape{1, 4, 1}));
+}
+
 // QT on a product of two activations: both backward products in integers on the forward codes,
 // within the gradient's quantization error of the float product of the dequantized operands.
 TEST(ActivationProduct, QtBackwardIsCloseToTheDequantizedProduct) {
