@@ -441,6 +441,19 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+#if defined(QFORGE_HAS_OPENMP)
+// core/parallel.hpp's loops run on the same OpenMP team as our kernels and oneDNN.
+static void openmp_runner(std::int64_t n, int threads, void* ctx, void (*call)(void*, std::int64_t)) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (std::int64_t i = 0; i < n; ++i) call(ctx, i);
+}
+#endif
+
+std::unique_ptr<Backend> make_cpu_backend() {
+#if defined(QFORGE_HAS_OPENMP)
+  qforge::detail::parallel_runner().store(&openmp_runner);
+#endif
+  return std::make_unique<CpuBackend>();
+}
 
 }  // namespace qforge::backend
