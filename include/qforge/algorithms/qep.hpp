@@ -5,10 +5,11 @@
 //   H_δ = (X − X̂)ᵀX̂      (float stream minus quantized stream, times quantized stream)
 //   W'  = W + α · (W·H_δ) · (H + λI)^-1,  λ = damp · mean(diag H)
 //
-// The solve is a symmetric (Cholesky) solve in double. H and H_δ must carry the same scale (both
+// The solve is a blocked float32 Cholesky solve (linalg.hpp). H and H_δ must carry the same scale (both
 // sums, or both means). α = 0 gives W' = W exactly; X̂ = X gives H_δ = 0 and W' = W exactly.
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
 #include <Eigen/Cholesky>
@@ -31,29 +32,44 @@ inline std::vector<float> qep_correct(const float* w, std::int64_t rows, std::in
   check_finite(h, cols * cols, "Hessian", site);
   check_finite(h_delta, cols * cols, "H_delta", site);
   const Eigen::Map<const MatrixXdR> H(h, cols, cols), Hd(h_delta, cols, cols);
-  const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Wf(w, rows, cols);
   // W·H_δ on the backend in float32 (b is [N, K] = H_δᵀ).
-  std::vector<float> hd_t(static_cast<std::size_t>(cols * cols));
-  for (std::int64_t a = 0; a < cols; ++a)
-    for (std::int64_t b = 0; b < cols; ++b) hd_t[static_cast<std::size_t>(b * cols + a)] = static_cast<float>(Hd(a, b));
+  std::vector<float> hd_f(static_cast<std::size_t>(cols * cols));
+  parallel_for_each(cols, backend::num_threads(), [&](std::int64_t a) {
+    for (std::int64_t b = 0; b < cols; ++b) hd_f[static_cast<std::size_t>(a * cols + b)] = static_cast<float>(Hd(a, b));
+  });
+  const std::vector<float> hd_t = linalg::transpose(hd_f, cols);
   std::vector<float> whd(static_cast<std::size_t>(rows * cols));
   backend::run(backend::GemmF32Op{.M = rows, .N = cols, .K = cols, .a = w, .lda = cols, .b = hd_t.data(), .ldb = cols,
                                   .dst = whd.data(), .ldd = cols, .accumulate = false});
-  MatrixXdR hdamp = H;
+  // ΔW = W H_δ (H + λI)⁻¹ = (W H_δ) Y Yᵀ with H + λI = L Lᵀ and Y = L⁻ᵀ: the factorisation and
+  // both products run blocked in float32 on the backend (linalg.hpp), like GPTQ's.
   const double lambda = opt.damping_factor * H.diagonal().mean();
-  hdamp.diagonal().array() += lambda;
-  Eigen::LLT<MatrixXdR> llt(hdamp);
-  if (llt.info() != Eigen::Success)
+  std::vector<float> damped(static_cast<std::size_t>(cols * cols));
+  for (std::int64_t i = 0; i < cols; ++i)
+    for (std::int64_t j = 0; j <= i; ++j)
+      damped[static_cast<std::size_t>(i * cols + j)] = static_cast<float>(H(i, j) + (i == j ? lambda : 0.0));
+  linalg::LowerCholesky chol;
+  if (!linalg::cholesky_lower(std::move(damped), cols, chol))
     throw_error(Status::kNumericalError, "{}: QEP: H + {} x mean(diag) I is not positive definite; raise damping_factor",
                 site, opt.damping_factor);
-  // ΔW (H+λI) = W H_δ  <=>  (H+λI) ΔWᵀ = (W H_δ)ᵀ since H is symmetric.
-  const MatrixXdR rhs = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-                            whd.data(), rows, cols).cast<double>().transpose();
-  const MatrixXdR dwt = llt.solve(rhs);
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t j = 0; j < cols; ++j)
-      out[static_cast<std::size_t>(r * cols + j)] =
-          static_cast<float>(static_cast<double>(Wf(r, j)) + opt.correction_factor * dwt(j, r));
+  const std::vector<float> y = linalg::inverse_lower_transposed(chol);
+  const std::vector<float> x = linalg::transpose(y, cols);  // L⁻¹
+  std::vector<float> z(static_cast<std::size_t>(rows * cols)), dw(static_cast<std::size_t>(rows * cols));
+  // Y is upper triangular: a panel of output columns [n0, n1) of (W H_δ)·Y needs only the inner
+  // indices below n1, and of Z·Yᵀ only those from n0 on, which halves both products.
+  for (std::int64_t n0 = 0; n0 < cols; n0 += linalg::kPanelRows) {
+    const std::int64_t n1 = std::min(n0 + linalg::kPanelRows, cols);
+    linalg::gemm_nt(rows, n1 - n0, n1, whd.data(), cols, &x[static_cast<std::size_t>(n0 * cols)], cols, &z[static_cast<std::size_t>(n0)],
+                    cols, false);
+  }
+  for (std::int64_t n0 = 0; n0 < cols; n0 += linalg::kPanelRows) {
+    const std::int64_t n1 = std::min(n0 + linalg::kPanelRows, cols);
+    linalg::gemm_nt(rows, n1 - n0, cols - n0, &z[static_cast<std::size_t>(n0)], cols,
+                    &y[static_cast<std::size_t>(n0 * cols + n0)], cols, &dw[static_cast<std::size_t>(n0)], cols, false);
+  }
+  for (std::int64_t i = 0; i < rows * cols; ++i)
+    out[static_cast<std::size_t>(i)] = static_cast<float>(static_cast<double>(w[i]) +
+                                                          opt.correction_factor * dw[static_cast<std::size_t>(i)]);
   check_finite(out.data(), rows * cols, "QEP-corrected weight", site);
   return out;
 }
