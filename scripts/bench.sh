@@ -5,12 +5,18 @@
 # every kernel's ratio to its limit, and which of the issue's aims are met.
 #
 # Usage: scripts/bench.sh [BUILD_DIR]   (default build/bench). BENCH_MIN_TIME (seconds, default
-# 0.3) bounds each benchmark's run time; the whole suite takes about a minute on 2 cores.
+# 0.3) bounds each benchmark's run time; the kernel suite takes about a minute on 2 cores.
+# The layer algorithms (bench/algorithms_bench.cpp) run too: GPTQ and QEP at BENCH_ALG_N (default
+# 4096, the issue's 4096x4096 layer with 8192 tokens; about two minutes) and JointQ next to GPTQ
+# at 512. BENCH_ALG_N=0 skips them.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$root/build/bench}"
 min_time="${BENCH_MIN_TIME:-0.3}"
 out_json="$build/backend_bench.json"
+alg_n="${BENCH_ALG_N:-4096}"
+alg_json="$build/algorithms_bench.json"
+jointq_json="$build/algorithms_jointq_bench.json"
 # oneDNN and our kernels share an OpenMP pool. On a shared machine, spinning idle threads steal
 # the core another thread of the same run needs; passive waiting keeps two-thread runs honest.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
@@ -18,14 +24,24 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 if [[ "${BENCH_REPORT_ONLY:-0}" != 1 ]]; then  # BENCH_REPORT_ONLY=1: rewrite the doc from the last JSON
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQFORGE_BUILD_TESTS=OFF \
   -DQFORGE_BUILD_EXAMPLES=OFF -DQFORGE_BUILD_CLI=OFF -DQFORGE_BUILD_BENCH=ON >/dev/null
-cmake --build "$build" --target backend_bench -j"${JOBS:-2}"
+cmake --build "$build" --target backend_bench algorithms_bench -j"${JOBS:-2}"
 "$build/bench/backend_bench" --benchmark_min_time="$min_time" --benchmark_format=json \
   --benchmark_out="$out_json" --benchmark_out_format=json >/dev/null
+rm -f "$alg_json" "$jointq_json"
+if [[ "$alg_n" != 0 ]]; then
+  QFORGE_ALG_BENCH_N="$alg_n" "$build/bench/algorithms_bench" --benchmark_filter='Gemm|Rtn|Gptq|Qep' \
+    --benchmark_out="$alg_json" --benchmark_out_format=json >/dev/null
+  QFORGE_ALG_BENCH_N=512 "$build/bench/algorithms_bench" --benchmark_filter='Gemm|Gptq|Jointq' \
+    --benchmark_out="$jointq_json" --benchmark_out_format=json >/dev/null
+fi
 fi
 
-python3 - "$out_json" "$root/docs/performance.md" <<'PY'
-import json, sys, datetime
+python3 - "$out_json" "$root/docs/performance.md" "$alg_json" "$jointq_json" <<'PY'
+import json, os, sys, datetime
 data = json.load(open(sys.argv[1]))
+def load_optional(path):
+    return json.load(open(path))["benchmarks"] if os.path.exists(path) else []
+alg_rows, jointq_rows = load_optional(sys.argv[3]), load_optional(sys.argv[4])
 ctx, rows = data["context"], data["benchmarks"]
 
 def cpu_model():
@@ -111,6 +127,42 @@ aim("W4A8 GEMM M=128 N=K=4096 >= 2x f32 GEMM (1 thread)", "BM_GemmW4A8/128/4096/
 aim("W8A8 GEMM 1024^3 >= 2.5x f32 GEMM (1 thread)", "BM_GemmW8A8/1024/1024/1024/1/", "ratio_to_f32_gemm", 2.5)
 aim("W4A8 GEMM: 2 threads >= 1.8x 1 thread", "BM_GemmW4A8/128/4096/4096/2/", "speedup_vs_1_thread", 1.8)
 aim("W8A8 GEMM: 2 threads >= 1.8x 1 thread", "BM_GemmW8A8/1024/1024/1024/2/", "speedup_vs_1_thread", 1.8)
+w("")
+w("## Layer algorithms")
+w("")
+def seconds(b):
+    scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b.get("time_unit", "ns")]
+    return b["real_time"] * scale
+def by_prefix(rs, prefix):
+    return next((b for b in rs if b["name"].startswith(prefix)), None)
+if not alg_rows:
+    w("Not measured in this run (`BENCH_ALG_N=0`).")
+else:
+    gemm = by_prefix(alg_rows, "BM_Gemm/")
+    n = gemm["name"].split("/")[1]
+    w(f"`bench/algorithms_bench.cpp` on an {n}x{n} layer with {2*int(n)} calibration tokens, g128, next to one")
+    w(f"{n}^3 float32 GEMM on the same backend in the same run ({seconds(gemm)*1e3:.0f} ms). One iteration each.")
+    w("")
+    w("| method | bits | time | / GEMM | output_rel_err |")
+    w("|---|---:|---:|---:|---:|")
+    for b in alg_rows:
+        if b["name"].startswith("BM_Gemm/"):
+            continue
+        parts = b["name"].split("/")
+        w(f"| {parts[0][3:]} | {parts[2]} | {seconds(b):.3f} s | {seconds(b)/seconds(gemm):.2f} | {b.get('output_rel_err', float('nan')):.3g} |")
+    gptq4, qep4 = by_prefix(alg_rows, f"BM_Gptq/{n}/4/"), by_prefix(alg_rows, f"BM_Qep/{n}/4/")
+    jq, jq_gptq = by_prefix(jointq_rows, "BM_Jointq/512/4/"), by_prefix(jointq_rows, "BM_Gptq/512/4/")
+    w("")
+    w("| aim | measured | met? |")
+    w("|---|---:|:---:|")
+    def verdict(text, value, target):
+        w(f"| {text} | {value:.2f} | {'**yes**' if value <= target else '**no**'} |")
+    verdict(f"GPTQ 4-bit <= 1.5x the GEMM (n = {n})", seconds(gptq4) / seconds(gemm), 1.5)
+    verdict(f"QEP's correction (QEP - GPTQ) <= 0.5x the GEMM (n = {n})", (seconds(qep4) - seconds(gptq4)) / seconds(gemm), 0.5)
+    if jq and jq_gptq:
+        verdict("JointQ 4-bit <= 10x GPTQ (n = 512)", seconds(jq) / seconds(jq_gptq), 10.0)
+    w("")
+    w("docs/algorithms.md explains where the time goes and what is next.")
 w("")
 w("## Notes")
 w("")
