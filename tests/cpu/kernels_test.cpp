@@ -119,7 +119,10 @@ TEST(CpuKernels, W8A8AndW4A8AreBitExact) {
   SCOPED_TRACE("seed=" + std::to_string(kSeed));
   std::mt19937 rng(kSeed + 1);
   struct Case { std::int64_t M, N, K, group; };
-  const Case cases[] = {{1, 1, 2, 2}, {3, 5, 62, 2}, {7, 13, 128, 32}, {1, 31, 384, 128}, {17, 19, 256, 128}, {33, 9, 96, 32}};
+  // {20, 1100, ...}: W4A8's large-M path cuts N into 512-column panels shared among threads (two
+  // full panels and a 76-column tail).
+  const Case cases[] = {{1, 1, 2, 2},      {3, 5, 62, 2},      {7, 13, 128, 32}, {1, 31, 384, 128},
+                        {17, 19, 256, 128}, {33, 9, 96, 32}, {20, 1100, 256, 128}};
   for (const Case& c : cases) {
     SCOPED_TRACE("M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K));
     const std::int64_t lda = c.K + 1;
@@ -136,7 +139,7 @@ TEST(CpuKernels, W8A8AndW4A8AreBitExact) {
     std::vector<float> r8(nd), r4(nd);
     ReferenceBackend::run_op(qb::GemmW8A8Op{c.M, c.N, c.K, a.data, lda, w8.data(), s8.data(), r8.data(), c.N});
     ReferenceBackend::run_op(qb::GemmW4A8Op{c.M, c.N, c.K, c.group, a.data, lda, w4.data(), s4.data(), r4.data(), c.N});
-    for (int threads : {1, 2}) {
+    for (int threads : {1, 2, 3}) {
       qb::set_num_threads(threads);
       SCOPED_TRACE("threads=" + std::to_string(threads));
       for_each_isa([&] {
