@@ -169,7 +169,11 @@ w("")
 for line in """\
 - The development machine has 2 cores shared with other jobs; a load average above 2 means the
   two-thread rows compete with other processes, so their speed-ups understate the kernels.
-  Re-run `scripts/bench.sh` on an idle machine before drawing conclusions from them.
+  Re-run `scripts/bench.sh` on an idle machine before drawing conclusions from them. Nice does
+  not help: each session is its own scheduler group, so one niced compile elsewhere takes a
+  whole core (a two-thread OpenMP loop then runs no faster than one thread; check the f32 GEMM
+  rows' own speed-up). Under `chrt -f 1` on the same busy machine the W4A8 GEMM scaled 1.95x and
+  W8A8 1.7-2.1x (1.9x best-of-30), the f32 GEMM 1.67x/1.93x.
 - Absolute numbers on a shared machine move by 2x between runs. Ratios move too, because the
   load can change between measuring a limit and measuring a kernel: across runs on the 2-core
   development machine (load average 5 to 12) the Q4_0 x Q8_0 GEMV ratio ranged 0.63-1.03 and the
@@ -177,10 +181,15 @@ for line in """\
 - Memory-bound kernels count the bytes named in the table (float32 input for encoders; weight
   and scale bytes for matrix-vector products); compute-bound kernels count 2*M*N*K operations.
 - Memory-bound kernels prefetch 1 KB ahead; the read-bandwidth limit uses the same prefetch.
-- W8A8 runs oneDNN's int8 matmul primitive (brgemm, with AMX where the CPU has it) after
-  quantizing activations per row. W4A8 at M >= 16 unpacks the int4 weights once into group-major
-  int8, runs one oneDNN int8 matmul per K group (exact int32) and folds the groups with the
-  reference's fused multiply-adds, so its results are bit-identical to the reference backend.
+- W8A8 runs oneDNN's int8 matmul primitive (brgemm, with AMX where the CPU has it): one block
+  of rows per thread, each quantized, multiplied by a one-thread primitive and scaled in cache,
+  all in one parallel region. W4A8 at M >= 16 gives threads whole 512-column panels; per K group
+  a thread unpacks its panel's int4 slice to int8, runs a one-thread oneDNN int8 matmul (exact
+  int32) and folds it with the reference's fused multiply-adds, so results are bit-identical to
+  the reference backend for any thread count.
+- oneDNN primitives are cached per shape and thread count (a primitive keeps the thread count it
+  was created with) and run on a per-thread user scratchpad: two threads running one primitive
+  on oneDNN's own scratchpad made its AMX kernels 1.6x slower each.
 - The int4 GEMV (W4A16, the fused dequantize-GEMV) and the NF4 GEMV reorder the activation row
   once per call so that 16 packed bytes meet their 32 activations without interleaving; on
   AVX-512 the nibbles become floats by a 16-entry table lookup (vpermps).""".splitlines():
