@@ -13,10 +13,13 @@
 
 namespace qforge::backend::cpu {
 
-struct Q4_0Block { std::uint16_t d; std::uint8_t qs[16]; };
-struct Q4_1Block { std::uint16_t d, m; std::uint8_t qs[16]; };
-struct Q8_0Block { std::uint16_t d; std::int8_t qs[32]; };
-struct Q8_1Block { std::uint16_t d, s; std::int8_t qs[32]; };
+// Packed (alignment 1): block buffers start at any byte offset (tensor data in files, callers'
+// pointers), and a uint16 field read in place at an odd address would be undefined behaviour.
+// x86 loads unaligned data at no cost, so the kernels lose nothing.
+struct __attribute__((packed)) Q4_0Block { std::uint16_t d; std::uint8_t qs[16]; };
+struct __attribute__((packed)) Q4_1Block { std::uint16_t d, m; std::uint8_t qs[16]; };
+struct __attribute__((packed)) Q8_0Block { std::uint16_t d; std::int8_t qs[32]; };
+struct __attribute__((packed)) Q8_1Block { std::uint16_t d, s; std::int8_t qs[32]; };
 
 struct KernelSet {
   const char* name;

@@ -169,30 +169,30 @@ class ReferenceBackend final : public Backend {
     float sumf = 0.0f;
     const std::int64_t nb = K / 32;
     if (type == GgmlType::kQ4_0) {
-      const auto* wb = static_cast<const BlockQ4_0*>(w);
-      const auto* xb = static_cast<const BlockQ8_0*>(x);
       for (std::int64_t b = 0; b < nb; ++b) {
+        const auto wblk = formats::detail::load_block<BlockQ4_0>(w, b);
+        const auto xblk = formats::detail::load_block<BlockQ8_0>(x, b);
         int isum = 0;
         for (int j = 0; j < 16; ++j)
-          isum += ((wb[b].qs[j] & 0x0F) - 8) * xb[b].qs[j] + ((wb[b].qs[j] >> 4) - 8) * xb[b].qs[j + 16];
-        sumf += static_cast<float>(isum) * (fp16_to_fp32(wb[b].d) * fp16_to_fp32(xb[b].d));
+          isum += ((wblk.qs[j] & 0x0F) - 8) * xblk.qs[j] + ((wblk.qs[j] >> 4) - 8) * xblk.qs[j + 16];
+        sumf += static_cast<float>(isum) * (fp16_to_fp32(wblk.d) * fp16_to_fp32(xblk.d));
       }
     } else if (type == GgmlType::kQ4_1) {
-      const auto* wb = static_cast<const BlockQ4_1*>(w);
-      const auto* xb = static_cast<const BlockQ8_1*>(x);
       for (std::int64_t b = 0; b < nb; ++b) {
+        const auto wblk = formats::detail::load_block<BlockQ4_1>(w, b);
+        const auto xblk = formats::detail::load_block<BlockQ8_1>(x, b);
         int isum = 0;
-        for (int j = 0; j < 16; ++j) isum += (wb[b].qs[j] & 0x0F) * xb[b].qs[j] + (wb[b].qs[j] >> 4) * xb[b].qs[j + 16];
-        sumf += (fp16_to_fp32(wb[b].d) * fp16_to_fp32(xb[b].d)) * static_cast<float>(isum) +
-                fp16_to_fp32(wb[b].m) * fp16_to_fp32(xb[b].s);
+        for (int j = 0; j < 16; ++j) isum += (wblk.qs[j] & 0x0F) * xblk.qs[j] + (wblk.qs[j] >> 4) * xblk.qs[j + 16];
+        sumf += (fp16_to_fp32(wblk.d) * fp16_to_fp32(xblk.d)) * static_cast<float>(isum) +
+                fp16_to_fp32(wblk.m) * fp16_to_fp32(xblk.s);
       }
     } else {
-      const auto* wb = static_cast<const BlockQ8_0*>(w);
-      const auto* xb = static_cast<const BlockQ8_0*>(x);
       for (std::int64_t b = 0; b < nb; ++b) {
+        const auto wblk = formats::detail::load_block<BlockQ8_0>(w, b);
+        const auto xblk = formats::detail::load_block<BlockQ8_0>(x, b);
         int isum = 0;
-        for (int j = 0; j < 32; ++j) isum += wb[b].qs[j] * xb[b].qs[j];
-        sumf += static_cast<float>(isum) * (fp16_to_fp32(wb[b].d) * fp16_to_fp32(xb[b].d));
+        for (int j = 0; j < 32; ++j) isum += wblk.qs[j] * xblk.qs[j];
+        sumf += static_cast<float>(isum) * (fp16_to_fp32(wblk.d) * fp16_to_fp32(xblk.d));
       }
     }
     return sumf;

@@ -102,6 +102,27 @@ static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(Block
               sizeof(BlockQ8_1) == 36 && sizeof(BlockQ4_K) == 144 && sizeof(BlockQ6_K) == 210);
 
 namespace detail {
+// Block buffers come from files and callers at any byte offset, while the block structs hold
+// uint16 fields: touching them in place would be a misaligned access (undefined behaviour), so
+// encoders fill a local block that is copied out when it goes out of scope, and decoders read a
+// copy.
+template <class Block>
+struct BlockOut {
+  std::uint8_t* at;
+  Block block{};
+  ~BlockOut() { std::memcpy(at, &block, sizeof(Block)); }
+};
+template <class Block>
+BlockOut<Block> block_out(void* base, std::int64_t index) {
+  return {static_cast<std::uint8_t*>(base) + index * static_cast<std::int64_t>(sizeof(Block))};
+}
+template <class Block>
+Block load_block(const void* base, std::int64_t index) {
+  Block block;
+  std::memcpy(&block, static_cast<const std::uint8_t*>(base) + index * static_cast<std::int64_t>(sizeof(Block)),
+              sizeof(Block));
+  return block;
+}
 inline void check_blocks(std::int64_t n, std::int64_t block, std::string_view type) {
   if (n < 0 || n % block != 0)
     throw_error(Status::kShapeMismatch, "{}: row length {} is not a multiple of the block size {}", type, n, block);
@@ -117,30 +138,32 @@ inline float absmax_of(const float* x, int count) {
 // Q8_0: d = absmax / 127 (fp32 for quantizing, stored fp16); q = roundf(x / d) in [-127, 127].
 inline void quantize_row_q8_0_ref(const float* x, void* dst, std::int64_t n) {
   detail::check_blocks(n, 32, "Q8_0");
-  auto* y = static_cast<BlockQ8_0*>(dst);
   for (std::int64_t b = 0; b < n / 32; ++b, x += 32) {
+    auto out = detail::block_out<BlockQ8_0>(dst, b);
+    BlockQ8_0& yb = out.block;
     const float d = detail::absmax_of(x, 32) / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
-    for (int j = 0; j < 32; ++j) y[b].qs[j] = static_cast<std::int8_t>(std::roundf(x[j] * id));
+    yb.d = fp32_to_fp16(d);
+    for (int j = 0; j < 32; ++j) yb.qs[j] = static_cast<std::int8_t>(std::roundf(x[j] * id));
   }
 }
 
 // Q8_1: Q8_0 plus s = fp16(d * sum(q)), the term Q4_1 dot products need.
 inline void quantize_row_q8_1_ref(const float* x, void* dst, std::int64_t n) {
   detail::check_blocks(n, 32, "Q8_1");
-  auto* y = static_cast<BlockQ8_1*>(dst);
   for (std::int64_t b = 0; b < n / 32; ++b, x += 32) {
+    auto out = detail::block_out<BlockQ8_1>(dst, b);
+    BlockQ8_1& yb = out.block;
     const float d = detail::absmax_of(x, 32) / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
+    yb.d = fp32_to_fp16(d);
     int sum = 0;
     for (int j = 0; j < 16; ++j) {
-      y[b].qs[j] = static_cast<std::int8_t>(std::roundf(x[j] * id));
-      y[b].qs[j + 16] = static_cast<std::int8_t>(std::roundf(x[j + 16] * id));
-      sum += y[b].qs[j] + y[b].qs[j + 16];
+      yb.qs[j] = static_cast<std::int8_t>(std::roundf(x[j] * id));
+      yb.qs[j + 16] = static_cast<std::int8_t>(std::roundf(x[j + 16] * id));
+      sum += yb.qs[j] + yb.qs[j + 16];
     }
-    y[b].s = fp32_to_fp16(static_cast<float>(sum) * d);
+    yb.s = fp32_to_fp16(static_cast<float>(sum) * d);
   }
 }
 
@@ -148,8 +171,9 @@ inline void quantize_row_q8_1_ref(const float* x, void* dst, std::int64_t n) {
 // code 0 exactly; q = min(15, trunc(x / d + 8.5)). Low nibble element j, high nibble j + 16.
 inline void quantize_row_q4_0_ref(const float* x, void* dst, std::int64_t n) {
   detail::check_blocks(n, 32, "Q4_0");
-  auto* y = static_cast<BlockQ4_0*>(dst);
   for (std::int64_t b = 0; b < n / 32; ++b, x += 32) {
+    auto out = detail::block_out<BlockQ4_0>(dst, b);
+    BlockQ4_0& yb = out.block;
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < 32; ++j)
       if (amax < std::fabs(x[j])) {
@@ -158,12 +182,12 @@ inline void quantize_row_q4_0_ref(const float* x, void* dst, std::int64_t n) {
       }
     const float d = max / -8.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
+    yb.d = fp32_to_fp16(d);
     for (int j = 0; j < 16; ++j) {
       const auto q0 = std::min<std::uint8_t>(15, static_cast<std::uint8_t>(static_cast<std::int8_t>(x[j] * id + 8.5f)));
       const auto q1 =
           std::min<std::uint8_t>(15, static_cast<std::uint8_t>(static_cast<std::int8_t>(x[j + 16] * id + 8.5f)));
-      y[b].qs[j] = static_cast<std::uint8_t>(q0 | (q1 << 4));
+      yb.qs[j] = static_cast<std::uint8_t>(q0 | (q1 << 4));
     }
   }
 }
@@ -171,8 +195,9 @@ inline void quantize_row_q4_0_ref(const float* x, void* dst, std::int64_t n) {
 // Q4_1: d = (max - min) / 15, m = min; q = min(15, trunc((x - min) / d + 0.5)).
 inline void quantize_row_q4_1_ref(const float* x, void* dst, std::int64_t n) {
   detail::check_blocks(n, 32, "Q4_1");
-  auto* y = static_cast<BlockQ4_1*>(dst);
   for (std::int64_t b = 0; b < n / 32; ++b, x += 32) {
+    auto out = detail::block_out<BlockQ4_1>(dst, b);
+    BlockQ4_1& yb = out.block;
     float min = FLT_MAX, max = -FLT_MAX;
     for (int j = 0; j < 32; ++j) {
       if (x[j] < min) min = x[j];
@@ -180,13 +205,13 @@ inline void quantize_row_q4_1_ref(const float* x, void* dst, std::int64_t n) {
     }
     const float d = (max - min) / 15.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
-    y[b].m = fp32_to_fp16(min);
+    yb.d = fp32_to_fp16(d);
+    yb.m = fp32_to_fp16(min);
     for (int j = 0; j < 16; ++j) {
       const auto q0 = std::min<std::uint8_t>(15, static_cast<std::uint8_t>(static_cast<std::int8_t>((x[j] - min) * id + 0.5f)));
       const auto q1 =
           std::min<std::uint8_t>(15, static_cast<std::uint8_t>(static_cast<std::int8_t>((x[j + 16] - min) * id + 0.5f)));
-      y[b].qs[j] = static_cast<std::uint8_t>(q0 | (q1 << 4));
+      yb.qs[j] = static_cast<std::uint8_t>(q0 | (q1 << 4));
     }
   }
 }
@@ -343,10 +368,11 @@ inline float make_qx_quants(int n, int nmax, const float* x, std::int8_t* L) {
 // the block's largest (d = max_scale / 63, dmin = max_min / 63), then codes against the stored grid.
 inline void quantize_row_q4_k_ref(const float* x, void* dst, std::int64_t n) {
   detail::check_blocks(n, 256, "Q4_K");
-  auto* y = static_cast<BlockQ4_K*>(dst);
   std::uint8_t L[256], Laux[32];
   float weights[32], mins[8], scales[8];
   for (std::int64_t b = 0; b < n / 256; ++b, x += 256) {
+    auto out = detail::block_out<BlockQ4_K>(dst, b);
+    BlockQ4_K& yb = out.block;
     float max_scale = 0, max_min = 0;
     for (int j = 0; j < 8; ++j) {
       float sum_x2 = 0;
@@ -359,33 +385,33 @@ inline void quantize_row_q4_k_ref(const float* x, void* dst, std::int64_t n) {
     }
     const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
     const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-    std::memset(y[b].scales, 0, 12);
+    std::memset(yb.scales, 0, 12);
     for (int j = 0; j < 8; ++j) {
       const auto ls = static_cast<std::uint8_t>(std::min(63, detail::nearest_int(inv_scale * scales[j]) & 0xFF));
       const auto lm = static_cast<std::uint8_t>(std::min(63, detail::nearest_int(inv_min * mins[j]) & 0xFF));
       if (j < 4) {
-        y[b].scales[j] = ls;
-        y[b].scales[j + 4] = lm;
+        yb.scales[j] = ls;
+        yb.scales[j + 4] = lm;
       } else {
-        y[b].scales[j + 4] = static_cast<std::uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
-        y[b].scales[j - 4] = static_cast<std::uint8_t>(y[b].scales[j - 4] | ((ls >> 4) << 6));
-        y[b].scales[j] = static_cast<std::uint8_t>(y[b].scales[j] | ((lm >> 4) << 6));
+        yb.scales[j + 4] = static_cast<std::uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+        yb.scales[j - 4] = static_cast<std::uint8_t>(yb.scales[j - 4] | ((ls >> 4) << 6));
+        yb.scales[j] = static_cast<std::uint8_t>(yb.scales[j] | ((lm >> 4) << 6));
       }
     }
-    y[b].d = fp32_to_fp16(max_scale / 63.0f);
-    y[b].dmin = fp32_to_fp16(max_min / 63.0f);
+    yb.d = fp32_to_fp16(max_scale / 63.0f);
+    yb.dmin = fp32_to_fp16(max_min / 63.0f);
     for (int j = 0; j < 8; ++j) {
       std::uint8_t sc, m;
-      q4_k_scale_min(j, y[b].scales, sc, m);
-      const float d = fp16_to_fp32(y[b].d) * sc;
+      q4_k_scale_min(j, yb.scales, sc, m);
+      const float d = fp16_to_fp32(yb.d) * sc;
       if (d == 0.0f) continue;  // keep the search's codes, as ggml does
-      const float dm = fp16_to_fp32(y[b].dmin) * m;
+      const float dm = fp16_to_fp32(yb.dmin) * m;
       for (int i = 0; i < 32; ++i) {
         const int l = detail::nearest_int((x[32 * j + i] + dm) / d);
         L[32 * j + i] = static_cast<std::uint8_t>(std::max(0, std::min(15, l)));
       }
     }
-    std::uint8_t* q = y[b].qs;
+    std::uint8_t* q = yb.qs;
     for (int j = 0; j < 256; j += 64, q += 32)
       for (int l = 0; l < 32; ++l) q[l] = static_cast<std::uint8_t>(L[j + l] | (L[j + l + 32] << 4));
   }
@@ -395,10 +421,11 @@ inline void quantize_row_q4_k_ref(const float* x, void* dst, std::int64_t n) {
 // (iscale = -128 / max_scale), then 6-bit codes split into ql (low 4 bits) and qh (high 2).
 inline void quantize_row_q6_k_ref(const float* x, void* dst, std::int64_t n) {
   detail::check_blocks(n, 256, "Q6_K");
-  auto* y = static_cast<BlockQ6_K*>(dst);
   std::int8_t L[256];
   float scales[16];
   for (std::int64_t b = 0; b < n / 256; ++b, x += 256) {
+    auto out = detail::block_out<BlockQ6_K>(dst, b);
+    BlockQ6_K& yb = out.block;
     float max_scale = 0, max_abs_scale = 0;
     for (int ib = 0; ib < 16; ++ib) {
       const float scale = detail::make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
@@ -410,16 +437,16 @@ inline void quantize_row_q6_k_ref(const float* x, void* dst, std::int64_t n) {
       }
     }
     if (max_abs_scale < detail::kGroupMaxEps) {
-      std::memset(&y[b], 0, sizeof(BlockQ6_K));
-      y[b].d = fp32_to_fp16(0.0f);
+      std::memset(&yb, 0, sizeof(BlockQ6_K));
+      yb.d = fp32_to_fp16(0.0f);
       continue;
     }
     const float iscale = -128.0f / max_scale;
-    y[b].d = fp32_to_fp16(1 / iscale);
+    yb.d = fp32_to_fp16(1 / iscale);
     for (int ib = 0; ib < 16; ++ib)
-      y[b].scales[ib] = static_cast<std::int8_t>(std::min(127, detail::nearest_int(iscale * scales[ib])));
+      yb.scales[ib] = static_cast<std::int8_t>(std::min(127, detail::nearest_int(iscale * scales[ib])));
     for (int j = 0; j < 16; ++j) {
-      const float d = fp16_to_fp32(y[b].d) * y[b].scales[j];
+      const float d = fp16_to_fp32(yb.d) * yb.scales[j];
       if (d == 0.0f) continue;
       for (int i = 0; i < 16; ++i) {
         int l = detail::nearest_int(x[16 * j + i] / d);
@@ -427,8 +454,8 @@ inline void quantize_row_q6_k_ref(const float* x, void* dst, std::int64_t n) {
         L[16 * j + i] = static_cast<std::int8_t>(l + 32);
       }
     }
-    std::uint8_t* ql = y[b].ql;
-    std::uint8_t* qh = y[b].qh;
+    std::uint8_t* ql = yb.ql;
+    std::uint8_t* qh = yb.qh;
     for (int j = 0; j < 256; j += 128, ql += 64, qh += 32) {
       for (int l = 0; l < 32; ++l) {
         const auto u = [&](int k) { return static_cast<std::uint8_t>(L[j + l + k]); };
@@ -443,54 +470,54 @@ inline void quantize_row_q6_k_ref(const float* x, void* dst, std::int64_t n) {
 // ---- decoders --------------------------------------------------------------------------------
 inline void dequantize_row_q8_0(const void* src, float* y, std::int64_t n) {
   detail::check_blocks(n, 32, "Q8_0");
-  const auto* x = static_cast<const BlockQ8_0*>(src);
   for (std::int64_t b = 0; b < n / 32; ++b, y += 32) {
-    const float d = fp16_to_fp32(x[b].d);
-    for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(x[b].qs[j]) * d;
+    const auto xb = detail::load_block<BlockQ8_0>(src, b);
+    const float d = fp16_to_fp32(xb.d);
+    for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(xb.qs[j]) * d;
   }
 }
 inline void dequantize_row_q8_1(const void* src, float* y, std::int64_t n) {
   detail::check_blocks(n, 32, "Q8_1");
-  const auto* x = static_cast<const BlockQ8_1*>(src);
   for (std::int64_t b = 0; b < n / 32; ++b, y += 32) {
-    const float d = fp16_to_fp32(x[b].d);
-    for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(x[b].qs[j]) * d;
+    const auto xb = detail::load_block<BlockQ8_1>(src, b);
+    const float d = fp16_to_fp32(xb.d);
+    for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(xb.qs[j]) * d;
   }
 }
 inline void dequantize_row_q4_0(const void* src, float* y, std::int64_t n) {
   detail::check_blocks(n, 32, "Q4_0");
-  const auto* x = static_cast<const BlockQ4_0*>(src);
   for (std::int64_t b = 0; b < n / 32; ++b, y += 32) {
-    const float d = fp16_to_fp32(x[b].d);
+    const auto xb = detail::load_block<BlockQ4_0>(src, b);
+    const float d = fp16_to_fp32(xb.d);
     for (int j = 0; j < 16; ++j) {
-      y[j] = static_cast<float>((x[b].qs[j] & 0x0F) - 8) * d;
-      y[j + 16] = static_cast<float>((x[b].qs[j] >> 4) - 8) * d;
+      y[j] = static_cast<float>((xb.qs[j] & 0x0F) - 8) * d;
+      y[j + 16] = static_cast<float>((xb.qs[j] >> 4) - 8) * d;
     }
   }
 }
 inline void dequantize_row_q4_1(const void* src, float* y, std::int64_t n) {
   detail::check_blocks(n, 32, "Q4_1");
-  const auto* x = static_cast<const BlockQ4_1*>(src);
   for (std::int64_t b = 0; b < n / 32; ++b, y += 32) {
-    const float d = fp16_to_fp32(x[b].d), m = fp16_to_fp32(x[b].m);
+    const auto xb = detail::load_block<BlockQ4_1>(src, b);
+    const float d = fp16_to_fp32(xb.d), m = fp16_to_fp32(xb.m);
     for (int j = 0; j < 16; ++j) {
-      y[j] = static_cast<float>(x[b].qs[j] & 0x0F) * d + m;
-      y[j + 16] = static_cast<float>(x[b].qs[j] >> 4) * d + m;
+      y[j] = static_cast<float>(xb.qs[j] & 0x0F) * d + m;
+      y[j + 16] = static_cast<float>(xb.qs[j] >> 4) * d + m;
     }
   }
 }
 
 inline void dequantize_row_q4_k(const void* src, float* y, std::int64_t n) {
   detail::check_blocks(n, 256, "Q4_K");
-  const auto* x = static_cast<const BlockQ4_K*>(src);
   for (std::int64_t b = 0; b < n / 256; ++b) {
-    const float d = fp16_to_fp32(x[b].d), dmin = fp16_to_fp32(x[b].dmin);
-    const std::uint8_t* q = x[b].qs;
+    const auto xb = detail::load_block<BlockQ4_K>(src, b);
+    const float d = fp16_to_fp32(xb.d), dmin = fp16_to_fp32(xb.dmin);
+    const std::uint8_t* q = xb.qs;
     for (int chunk = 0; chunk < 4; ++chunk, q += 32) {
       std::uint8_t sc, m;
-      q4_k_scale_min(2 * chunk, x[b].scales, sc, m);
+      q4_k_scale_min(2 * chunk, xb.scales, sc, m);
       const float d1 = d * sc, m1 = dmin * m;
-      q4_k_scale_min(2 * chunk + 1, x[b].scales, sc, m);
+      q4_k_scale_min(2 * chunk + 1, xb.scales, sc, m);
       const float d2 = d * sc, m2 = dmin * m;
       for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>(q[l] & 0xF) - m1;
       for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>(q[l] >> 4) - m2;
@@ -500,12 +527,12 @@ inline void dequantize_row_q4_k(const void* src, float* y, std::int64_t n) {
 
 inline void dequantize_row_q6_k(const void* src, float* y, std::int64_t n) {
   detail::check_blocks(n, 256, "Q6_K");
-  const auto* x = static_cast<const BlockQ6_K*>(src);
   for (std::int64_t b = 0; b < n / 256; ++b) {
-    const float d = fp16_to_fp32(x[b].d);
-    const std::uint8_t* ql = x[b].ql;
-    const std::uint8_t* qh = x[b].qh;
-    const std::int8_t* sc = x[b].scales;
+    const auto xb = detail::load_block<BlockQ6_K>(src, b);
+    const float d = fp16_to_fp32(xb.d);
+    const std::uint8_t* ql = xb.ql;
+    const std::uint8_t* qh = xb.qh;
+    const std::int8_t* sc = xb.scales;
     for (int half = 0; half < 2; ++half, y += 128, ql += 64, qh += 32, sc += 8) {
       for (int l = 0; l < 32; ++l) {
         const int is = l / 16;
