@@ -188,7 +188,8 @@ TEST(ProviderErrors, AllZeroWeightsQuantizeToExactZeros) {
   q.weight_qtype = QType::kNf4;
   const TensorF x = random_batch({3, 64}, 12);
   quantize_model(*model, LoraProvider({q}, {0, true, 64}), {x});
-  for (float v : (*model)(nn::Var(x)).value().vec()) ASSERT_TRUE(std::isfinite(v));
+  const nn::Var y = (*model)(nn::Var(x));  // kept alive: a range-for over a temporary's member dangles
+  for (float v : y.value().vec()) ASSERT_TRUE(std::isfinite(v));
 }
 
 // quantize_params(fp, quantized_model, stats): new float weights quantized offline by the model's
