@@ -54,23 +54,13 @@ const cpu::KernelSet& kernels() {
 }
 
 // Runs fn(begin, end) over [0, n) in chunks of `chunk` items. Chunk boundaries depend only on n
-// and chunk; small jobs (fewer than two chunks) stay on the calling thread.
-// With OpenMP (the runtime oneDNN uses), chunks go to its thread pool, so our kernels and
-// oneDNN's never spin against each other; otherwise core/parallel.hpp's threads run them.
+// and chunk; small jobs (fewer than two chunks) stay on the calling thread. parallel_for_each
+// hands the chunks to the OpenMP team oneDNN uses (make_cpu_backend installs it as the runner),
+// so our kernels and oneDNN's never spin against each other.
 template <class F>
 void for_chunks(std::int64_t n, std::int64_t chunk, F&& fn) {
   const std::int64_t chunks = (n + chunk - 1) / chunk;
-  const int threads = chunks < 2 ? 1 : num_threads();
-  if (threads == 1) {
-    for (std::int64_t c = 0; c < chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
-    return;
-  }
-#if defined(QFORGE_HAS_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (std::int64_t c = 0; c < chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
-#else
-  parallel_for_each(chunks, threads, [&](std::int64_t c) { fn(c * chunk, std::min(n, (c + 1) * chunk)); });
-#endif
+  parallel_for_each(chunks, num_threads(), [&](std::int64_t c) { fn(c * chunk, std::min(n, (c + 1) * chunk)); });
 }
 
 // Rows per chunk so that each chunk carries roughly `bytes_per_chunk` of work.

@@ -37,8 +37,6 @@ struct GptqOptions {
   int max_damp_retries = 5;
 };
 
-using MatrixXdR = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
 inline void check_finite(const double* v, std::int64_t n, std::string_view what, std::string_view site) {
   for (std::int64_t i = 0; i < n; ++i)
     if (!std::isfinite(v[i])) throw_error(Status::kNumericalError, "{}: {} holds NaN or Inf (index {})", site, what, i);
@@ -64,16 +62,11 @@ std::vector<float> inverse_cholesky_upper(std::int64_t c, HessianAt&& h_at, doub
   for (std::int64_t i = 0; i < c; ++i) mean_diag += h_at(i, i);
   mean_diag /= static_cast<double>(c);
   double factor = percdamp;
-  std::vector<float> reversed(static_cast<std::size_t>(c * c));
+  const auto reversed_at = [&](std::int64_t i, std::int64_t j) { return h_at(c - 1 - i, c - 1 - j); };  // P H P
   for (int attempt = 0; attempt <= max_retries; ++attempt, factor *= 10.0) {
     const double damp = factor * mean_diag;
-    parallel_for_each(c, backend::num_threads(), [&](std::int64_t i) {  // lower triangle of P (H + damp I) P
-      for (std::int64_t j = 0; j <= i; ++j)
-        reversed[static_cast<std::size_t>(i * c + j)] =
-            static_cast<float>(h_at(c - 1 - i, c - 1 - j) + (i == j ? damp : 0.0));
-    });
     linalg::LowerCholesky chol;
-    if (!linalg::cholesky_lower(reversed, c, chol)) continue;
+    if (!linalg::cholesky_lower(linalg::lower_triangle(c, reversed_at, damp), c, chol)) continue;
     const std::vector<float> y = linalg::inverse_lower_transposed(chol);  // y[a, b] = R⁻¹[b, a]
     // U[j, k] = R⁻¹[c-1-j, c-1-k] = y[c-1-k, c-1-j].
     std::vector<float> u = linalg::reversed_transpose(y, c);
@@ -236,8 +229,6 @@ inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t co
             err_block[static_cast<std::size_t>(r * nb + i)] = -e;
           }
         }
-        if (per_channel && !opt.static_groups)
-          for (std::int64_t r = r0; r < r1; ++r) out.params[static_cast<std::size_t>(r)] = cur[static_cast<std::size_t>(r)];
       });
       apply_errors(i1, nb, s0, s1, i1 + s1, nb - s1, &w1[static_cast<std::size_t>(s1)], nb);  // rest of the block
     }
@@ -254,7 +245,9 @@ inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t co
     }
   if (opt.static_groups) {
     out.params = static_params;
-  } else if (opt.act_order && !per_channel) {
+  } else if (per_channel) {
+    out.params = row_params;  // one group per row, fixed before the first column
+  } else if (opt.act_order) {
     for (std::int64_t j = 0; j < cols; ++j)
       out.group_index[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(invperm[static_cast<std::size_t>(j)] / g);
   }

@@ -17,6 +17,10 @@
 #include "qforge/backend/threads.hpp"
 #include "qforge/core/parallel.hpp"
 
+namespace qforge::algorithms {
+using MatrixXdR = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+}  // namespace qforge::algorithms
+
 namespace qforge::algorithms::linalg {
 
 inline constexpr std::int64_t kBlock = 128;      // diagonal block size
@@ -28,6 +32,18 @@ inline void gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const float*
   if (M == 0 || N == 0) return;
   backend::run(backend::GemmF32Op{.M = M, .N = N, .K = K, .a = a, .lda = lda, .b = b, .ldb = ldb, .dst = dst,
                                   .ldd = ldd, .accumulate = accumulate});
+}
+
+// The lower triangle of (A + shift I) in float32, n×n row-major, from a(i, j) for i >= j (the
+// strict upper triangle is left zero): the input cholesky_lower reads.
+template <class Entry>
+std::vector<float> lower_triangle(std::int64_t n, Entry&& a, double shift) {
+  std::vector<float> out(static_cast<std::size_t>(n * n), 0.0f);
+  parallel_for_each(n, backend::num_threads(), [&](std::int64_t i) {
+    for (std::int64_t j = 0; j <= i; ++j)
+      out[static_cast<std::size_t>(i * n + j)] = static_cast<float>(a(i, j) + (i == j ? shift : 0.0));
+  });
+  return out;
 }
 
 // The lower Cholesky factor L of a symmetric positive-definite n×n row-major matrix (only its
@@ -43,7 +59,6 @@ struct LowerCholesky {
 // Factors a (consumed). Returns false when a pivot is not positive or not finite: the matrix is
 // not (numerically) positive definite.
 inline bool cholesky_lower(std::vector<float> a, std::int64_t n, LowerCholesky& out) {
-  using MatrixXdR = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   out.n = n;
   out.diag_inv.clear();
   out.diag_offset.clear();

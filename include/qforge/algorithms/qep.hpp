@@ -44,12 +44,8 @@ inline std::vector<float> qep_correct(const float* w, std::int64_t rows, std::in
   // ΔW = W H_δ (H + λI)⁻¹ = (W H_δ) Y Yᵀ with H + λI = L Lᵀ and Y = L⁻ᵀ: the factorisation and
   // both products run blocked in float32 on the backend (linalg.hpp), like GPTQ's.
   const double lambda = opt.damping_factor * H.diagonal().mean();
-  std::vector<float> damped(static_cast<std::size_t>(cols * cols));
-  for (std::int64_t i = 0; i < cols; ++i)
-    for (std::int64_t j = 0; j <= i; ++j)
-      damped[static_cast<std::size_t>(i * cols + j)] = static_cast<float>(H(i, j) + (i == j ? lambda : 0.0));
   linalg::LowerCholesky chol;
-  if (!linalg::cholesky_lower(std::move(damped), cols, chol))
+  if (!linalg::cholesky_lower(linalg::lower_triangle(cols, H, lambda), cols, chol))
     throw_error(Status::kNumericalError, "{}: QEP: H + {} x mean(diag) I is not positive definite; raise damping_factor",
                 site, opt.damping_factor);
   const std::vector<float> y = linalg::inverse_lower_transposed(chol);
