@@ -50,17 +50,24 @@ class CudaBackend final : public Backend {
  private:
   // Row-major dst[M,N] = a[M,K] b[N,K]^T is column-major dst^T[N,M] = b (N x K) * a^T.
   Status gemm(const GemmF32Op& o) {
-    DeviceBuffer<float> a(o.M * o.lda), b(o.N * o.ldb), d(o.M * o.ldd);
+    if (o.M == 0 || o.N == 0) return Status::kSuccess;
+    // Each operand is a row-major panel that may sit inside a larger matrix: copy from its first
+    // element to its last, never a whole final stride (that could read past the caller's buffer).
+    const auto span = [](std::int64_t rows, std::int64_t cols, std::int64_t ld) { return (rows - 1) * ld + cols; };
+    const std::int64_t a_len = o.a_km ? span(o.K, o.M, o.lda) : span(o.M, o.K, o.lda);
+    const std::int64_t b_len = o.b_kn ? span(o.K, o.N, o.ldb) : span(o.N, o.K, o.ldb);
+    const std::int64_t d_len = span(o.M, o.N, o.ldd);
+    DeviceBuffer<float> a(a_len), b(b_len), d(d_len);
     if (!a.ptr || !b.ptr || !d.ptr) return Status::kInternal;
-    bool ok = cudaMemcpy(a.ptr, o.a, sizeof(float) * o.M * o.lda, cudaMemcpyHostToDevice) == cudaSuccess &&
-              cudaMemcpy(b.ptr, o.b, sizeof(float) * o.N * o.ldb, cudaMemcpyHostToDevice) == cudaSuccess;
-    if (ok && o.accumulate)
-      ok = cudaMemcpy(d.ptr, o.dst, sizeof(float) * o.M * o.ldd, cudaMemcpyHostToDevice) == cudaSuccess;
-    const float alpha = 1.0f, beta = o.accumulate ? 1.0f : 0.0f;
-    ok = ok && cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(o.N), static_cast<int>(o.M),
+    bool ok = cudaMemcpy(a.ptr, o.a, sizeof(float) * a_len, cudaMemcpyHostToDevice) == cudaSuccess &&
+              cudaMemcpy(b.ptr, o.b, sizeof(float) * b_len, cudaMemcpyHostToDevice) == cudaSuccess;
+    if (ok && o.accumulate) ok = cudaMemcpy(d.ptr, o.dst, sizeof(float) * d_len, cudaMemcpyHostToDevice) == cudaSuccess;
+    const float alpha = o.alpha, beta = o.accumulate ? 1.0f : 0.0f;
+    ok = ok && cublasSgemm(handle_, o.b_kn ? CUBLAS_OP_N : CUBLAS_OP_T, o.a_km ? CUBLAS_OP_T : CUBLAS_OP_N,
+                           static_cast<int>(o.N), static_cast<int>(o.M),
                            static_cast<int>(o.K), &alpha, b.ptr, static_cast<int>(o.ldb), a.ptr,
                            static_cast<int>(o.lda), &beta, d.ptr, static_cast<int>(o.ldd)) == CUBLAS_STATUS_SUCCESS;
-    ok = ok && cudaMemcpy(o.dst, d.ptr, sizeof(float) * o.M * o.ldd, cudaMemcpyDeviceToHost) == cudaSuccess;
+    ok = ok && cudaMemcpy(o.dst, d.ptr, sizeof(float) * d_len, cudaMemcpyDeviceToHost) == cudaSuccess;
     return ok ? Status::kSuccess : Status::kInternal;
   }
   // h[K,K] += alpha x^T x; symmetric, so row- and column-major agree: h = alpha * X^T X with

@@ -23,6 +23,10 @@
 #include "qforge/core/parallel.hpp"
 #include "qforge/formats/gguf_blocks.hpp"
 
+#if defined(QFORGE_HAS_OPENMP)
+#include <omp.h>
+#endif
+
 #if defined(QFORGE_HAS_ONEDNN)
 #include <dnnl.h>
 
@@ -202,8 +206,8 @@ class CpuBackend final : public Backend {
   static void sync_onednn_threads() { set_onednn_threads(num_threads()); }
   static Status run_op(const GemmF32Op& o) {
     sync_onednn_threads();
-    return status_of(dnnl_sgemm('N', 'T', o.M, o.N, o.K, 1.0f, o.a, o.lda, o.b, o.ldb, o.accumulate ? 1.0f : 0.0f,
-                                o.dst, o.ldd));
+    return status_of(dnnl_sgemm(o.a_km ? 'T' : 'N', o.b_kn ? 'N' : 'T', o.M, o.N, o.K, o.alpha, o.a, o.lda, o.b, o.ldb,
+                                o.accumulate ? 1.0f : 0.0f, o.dst, o.ldd));
   }
   static Status run_op(const SyrkOp& o) {
     sync_onednn_threads();
@@ -494,7 +498,15 @@ class CpuBackend final : public Backend {
 
 #if defined(QFORGE_HAS_OPENMP)
 // core/parallel.hpp's loops run on the same OpenMP team as our kernels and oneDNN.
+// With no more items than threads, item i always runs on team thread i, so a caller that gives
+// each thread a fixed share of its data (one item per thread) finds that share in the same
+// core's cache on the next call; otherwise items are handed out one at a time.
 static void openmp_runner(std::int64_t n, int threads, void* ctx, void (*call)(void*, std::int64_t)) {
+  if (n <= threads) {
+#pragma omp parallel num_threads(static_cast<int>(n))
+    call(ctx, omp_get_thread_num());
+    return;
+  }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (std::int64_t i = 0; i < n; ++i) call(ctx, i);
 }

@@ -378,6 +378,44 @@ TEST(CpuKernels, OneDnnGemmF32WithinBoundAndThreadIndependent) {
   }
 }
 
+TEST(CpuKernels, OneDnnGemmF32TransposedOperandsScaleAndAccumulate) {
+  // a stored [K, M], b stored [K, N], alpha = -0.5 (a power of two: scaling adds no rounding),
+  // accumulating onto dst: within the bound of K products plus one addition.
+  SKIP_IF_CPU_DECLINES(qb::GemmF32Op{});
+  SCOPED_TRACE("seed=" + std::to_string(kSeed));
+  std::mt19937 rng(kSeed + 17);
+  const std::int64_t M = 23, N = 41, K = 300;
+  std::vector<float> a(static_cast<std::size_t>(M * K)), b(static_cast<std::size_t>(N * K)), d0(static_cast<std::size_t>(M * N));
+  fill(a.data(), a.size(), rng);
+  fill(b.data(), b.size(), rng);
+  fill(d0.data(), d0.size(), rng);
+  std::vector<float> a_km(a.size()), b_kn(b.size());
+  for (std::int64_t k = 0; k < K; ++k) {
+    for (std::int64_t m = 0; m < M; ++m) a_km[static_cast<std::size_t>(k * M + m)] = a[static_cast<std::size_t>(m * K + k)];
+    for (std::int64_t n = 0; n < N; ++n) b_kn[static_cast<std::size_t>(k * N + n)] = b[static_cast<std::size_t>(n * K + k)];
+  }
+  for (const bool ta : {false, true})
+    for (const bool tb : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "a_km " << ta << " b_kn " << tb);
+      std::vector<float> ref = d0, out = d0;
+      const qb::GemmF32Op op{.M = M, .N = N, .K = K, .a = ta ? a_km.data() : a.data(), .lda = ta ? M : K,
+                             .b = tb ? b_kn.data() : b.data(), .ldb = tb ? N : K, .dst = out.data(), .ldd = N,
+                             .accumulate = true, .alpha = -0.5f, .a_km = ta, .b_kn = tb};
+      qb::GemmF32Op ref_op = op;
+      ref_op.dst = ref.data();
+      ReferenceBackend::run_op(ref_op);
+      ASSERT_EQ(cpu().run(op), qforge::Status::kSuccess);
+      for (std::int64_t m = 0; m < M; ++m)
+        for (std::int64_t n = 0; n < N; ++n) {
+          double abs_sum = std::fabs(d0[static_cast<std::size_t>(m * N + n)]);
+          for (std::int64_t k = 0; k < K; ++k)
+            abs_sum += 0.5 * std::fabs(double(a[static_cast<std::size_t>(m * K + k)]) * b[static_cast<std::size_t>(n * K + k)]);
+          const std::size_t i = static_cast<std::size_t>(m * N + n);
+          EXPECT_NEAR(out[i], ref[i], float_bound(K, 2, abs_sum));
+        }
+    }
+}
+
 TEST(CpuKernels, Int8GemmExactOverTheFullInt8Range) {
   SKIP_IF_CPU_DECLINES(qb::GemmS8S8S32Op{});
   SCOPED_TRACE("seed=" + std::to_string(kSeed));

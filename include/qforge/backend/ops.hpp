@@ -13,7 +13,9 @@
 
 namespace qforge::backend {
 
-// dst[M, N] (+)= a[M, K] * b[N, K]^T, all float32. lda/ldb/ldd are row strides in elements.
+// dst[M, N] = alpha * a[M, K] * b[N, K]^T (+ dst when accumulating), all float32. lda/ldb/ldd
+// are row strides in elements. a_km stores a as [K, M] and b_kn stores b as [K, N] instead, so
+// that algorithms can multiply by a transposed panel of a larger matrix without copying it.
 struct GemmF32Op {
   std::int64_t M = 0, N = 0, K = 0;
   const float* a = nullptr;
@@ -23,6 +25,9 @@ struct GemmF32Op {
   float* dst = nullptr;
   std::int64_t ldd = 0;
   bool accumulate = false;
+  float alpha = 1.0f;
+  bool a_km = false;
+  bool b_kn = false;
 };
 
 // Symmetric rank-k update for Hessian statistics: h[K, K] += alpha * x[T, K]^T x[T, K].

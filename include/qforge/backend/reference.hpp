@@ -27,7 +27,10 @@ class ReferenceBackend final : public Backend {
     for (std::int64_t m = 0; m < o.M; ++m)
       for (std::int64_t n = 0; n < o.N; ++n) {
         double acc = 0;
-        for (std::int64_t k = 0; k < o.K; ++k) acc += double(o.a[m * o.lda + k]) * o.b[n * o.ldb + k];
+        for (std::int64_t k = 0; k < o.K; ++k)
+          acc += double(o.a_km ? o.a[k * o.lda + m] : o.a[m * o.lda + k]) *
+                 (o.b_kn ? o.b[k * o.ldb + n] : o.b[n * o.ldb + k]);
+        acc *= o.alpha;
         float& d = o.dst[m * o.ldd + n];
         d = o.accumulate ? static_cast<float>(d + acc) : static_cast<float>(acc);
       }
