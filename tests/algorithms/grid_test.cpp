@@ -1,3 +1,5 @@
+#include <bit>
+#include <cstdint>
 #include <random>
 #include <vector>
 
@@ -135,4 +137,49 @@ TEST(Grid, GroupsAndErrors) {
       ASSERT_LE(c, (1 << (bits - 1)) - 1);
     }
   }
+}
+
+TEST(Grid, QuantizeValuesMatchesTheScalarFunctionsBitForBit) {
+  // The vectorised integer path rounds with cvtps2dq after clamping to ±2^22; every value must
+  // give the scalar quantize_code / dequantize_code result exactly: random values, exact ties
+  // (k + 0.5 steps), values far outside the range (ratios beyond 2^22), and every grid kind.
+  const unsigned seed = 4242;
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  const std::int64_t n = 1003;  // not a multiple of the vector width
+  std::vector<float> x(static_cast<std::size_t>(n));
+  qa::ParamColumns pc(n);
+  const qa::GridKind kinds[] = {qa::GridKind::kInt, qa::GridKind::kNf4, qa::GridKind::kQ4_0, qa::GridKind::kQ4_1,
+                                qa::GridKind::kQ8_0};
+  for (const qa::GridKind kind : kinds)
+    for (int bits : {2, 4, 8})
+      for (bool sym : {false, true}) {
+        qa::GridSpec g;
+        g.kind = kind;
+        g.bits = bits;
+        g.sym = sym;
+        std::vector<float> group(32);
+        for (std::int64_t i = 0; i < n; ++i) {
+          for (auto& v : group) v = d(gen);
+          const qa::GroupParams p = qa::find_params(g, group);
+          pc.set(i, p);
+          const float step = p.scale != 0.0f ? p.scale : 1.0f;
+          switch (i % 4) {
+            case 0: x[static_cast<std::size_t>(i)] = 3.0f * d(gen); break;
+            case 1: x[static_cast<std::size_t>(i)] = step * (static_cast<float>(static_cast<int>(i % 9) - 4) + 0.5f); break;
+            case 2: x[static_cast<std::size_t>(i)] = (i % 8 < 4 ? 1.0f : -1.0f) * 1e30f; break;
+            default: x[static_cast<std::size_t>(i)] = step * 5e6f * d(gen); break;
+          }
+        }
+        std::vector<float> q(static_cast<std::size_t>(n));
+        std::vector<std::int8_t> c(static_cast<std::size_t>(n));
+        qa::quantize_values(g, pc, 0, n, x.data(), q.data(), c.data());
+        for (std::int64_t i = 0; i < n; ++i) {
+          const auto k = static_cast<std::size_t>(i);
+          const int code = qa::quantize_code(g, pc.p[k], x[k]);
+          ASSERT_EQ(c[k], code) << qa::grid_name(g) << " sym " << sym << " x " << x[k];
+          ASSERT_EQ(std::bit_cast<std::uint32_t>(q[k]), std::bit_cast<std::uint32_t>(qa::dequantize_code(g, pc.p[k], code)));
+        }
+      }
 }

@@ -1,8 +1,10 @@
-// The blocked float32 Cholesky and triangular inverse against the classical componentwise
-// backward-error bounds (Higham, Accuracy and Stability, Thms 10.3 and 8.10 with γ_k = kε/(1-kε)):
-//   |L Lᵀ − A| ≤ γ_{n+1} |L| |Lᵀ|,   |L X − I| ≤ γ_n |L| |X|.
-// They hold for any summation order, hence for the backend's blocked GEMMs; a factor 2 covers the
-// diagonal blocks being factored in double and rounded to float.
+// The recursive float32 Cholesky (A = Ũ Ũᵀ) and triangular solves against componentwise
+// backward-error bounds (Higham, Accuracy and Stability, Thm 10.3 and §8.1, γ_k = kε/(1-kε)):
+//   |Ũ Ũᵀ − A| ≤ γ_{n+1} |Ũ| |Ũᵀ|,   |X Ũ − B| ≤ γ_n (|B| + |X| W).
+// They hold for any summation order, hence for the backend's GEMMs; a factor 2 covers the leaf
+// blocks being factored in double and rounded to float. The solves apply each leaf as its
+// inverse (rounded to float), which adds |Ũ_jj| |Ũ_jj⁻¹| |Ũ_jj| on the leaf diagonal blocks of W
+// (Higham §13.1: block substitution with explicit diagonal inverses) on top of |Ũ|.
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -40,46 +42,72 @@ double gamma(std::int64_t k) {
 }
 }  // namespace
 
-TEST(Linalg, CholeskyAndInverseMeetBackwardErrorBounds) {
-  // Sizes below, at and across the 128 block and the 512-row panels, including primes.
-  for (std::int64_t n : {1, 7, 127, 128, 129, 300, 521, 700}) {
+TEST(Linalg, CholeskyMeetsBackwardErrorBound) {
+  // Sizes below, at and across the leaf and the whole-diagonal panel sizes, including primes.
+  for (const std::int64_t n : std::vector<std::int64_t>{1, 7, la::kBlock - 1, la::kBlock, la::kBlock + 1, 300, 521, 700}) {
     const unsigned seed = 900u + static_cast<unsigned>(n);
     SCOPED_TRACE(testing::Message() << "n " << n << " seed " << seed);
     std::printf("linalg: n %lld seed %u\n", static_cast<long long>(n), seed);
     const auto a = random_spd(n, seed, 0.1);
-    la::LowerCholesky f;
-    ASSERT_TRUE(la::cholesky_lower(a, n, f));
-    const MatrixXdR l = Eigen::Map<const MatrixXfR>(f.l.data(), n, n).cast<double>();
+    la::UpperCholesky f;
+    ASSERT_TRUE(la::cholesky_upper(a, n, f));
+    const MatrixXdR u = Eigen::Map<const MatrixXfR>(f.u.data(), n, n).cast<double>();
     const MatrixXdR ad = Eigen::Map<const MatrixXfR>(a.data(), n, n).cast<double>();
-    ASSERT_EQ(MatrixXdR(l.triangularView<Eigen::StrictlyUpper>()).cwiseAbs().maxCoeff(), 0.0);
-    const MatrixXdR residual = (l * l.transpose() - ad).cwiseAbs();
-    const MatrixXdR bound = gamma(n + 1) * l.cwiseAbs() * l.cwiseAbs().transpose();
+    ASSERT_EQ(MatrixXdR(u.triangularView<Eigen::StrictlyLower>()).cwiseAbs().maxCoeff(), 0.0);
+    ASSERT_GT(u.diagonal().minCoeff(), 0.0);
+    const MatrixXdR residual = (u * u.transpose() - ad).cwiseAbs();
+    const MatrixXdR bound = gamma(n + 1) * u.cwiseAbs() * u.cwiseAbs().transpose();
     EXPECT_TRUE(((residual - bound).array() <= 0.0).all()) << "worst excess " << (residual - bound).maxCoeff();
+  }
+}
 
-    const auto yv = la::inverse_lower_transposed(f);
-    const MatrixXdR x = Eigen::Map<const MatrixXfR>(yv.data(), n, n).cast<double>().transpose();
-    ASSERT_EQ(MatrixXdR(x.triangularView<Eigen::StrictlyUpper>()).cwiseAbs().maxCoeff(), 0.0);
-    const MatrixXdR inv_residual = (l * x - MatrixXdR::Identity(n, n)).cwiseAbs();
-    const MatrixXdR inv_bound = gamma(n) * l.cwiseAbs() * x.cwiseAbs();
-    EXPECT_TRUE(((inv_residual - inv_bound).array() <= 0.0).all())
-        << "worst excess " << (inv_residual - inv_bound).maxCoeff();
+TEST(Linalg, SolvesMeetBackwardErrorBound) {
+  for (const std::int64_t n : std::vector<std::int64_t>{1, la::kBlock + 3, 300, 700}) {
+    const unsigned seed = 1900u + static_cast<unsigned>(n);
+    SCOPED_TRACE(testing::Message() << "n " << n << " seed " << seed);
+    std::printf("linalg solve: n %lld seed %u\n", static_cast<long long>(n), seed);
+    la::UpperCholesky f;
+    ASSERT_TRUE(la::cholesky_upper(random_spd(n, seed, 0.1), n, f));
+    const MatrixXdR u = Eigen::Map<const MatrixXfR>(f.u.data(), n, n).cast<double>();
+    // W = |Ũ| plus, on each leaf's diagonal block, |Ũ_jj| |Ũ_jj⁻¹| |Ũ_jj|.
+    MatrixXdR w = u.cwiseAbs();
+    for (std::int64_t j0 = 0; j0 < n; j0 += la::kBlock) {
+      const std::int64_t b = std::min(la::kBlock, n - j0);
+      const MatrixXdR ujj = u.block(j0, j0, b, b);
+      const MatrixXdR inv = ujj.triangularView<Eigen::Upper>().solve(MatrixXdR::Identity(b, b));
+      w.block(j0, j0, b, b) += ujj.cwiseAbs() * inv.cwiseAbs() * ujj.cwiseAbs();
+    }
+    const std::int64_t rows = 37, ld = n + 5;  // a row stride wider than the matrix
+    std::mt19937 gen(seed);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<float> bv(static_cast<std::size_t>(rows * ld), 0.0f);
+    for (auto& v : bv) v = d(gen);
+    for (const bool transposed : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "transposed " << transposed);
+      std::vector<float> xv = bv;
+      la::solve_right(f, xv.data(), rows, ld, transposed);
+      const auto as_matrix = [&](const std::vector<float>& v) {
+        return Eigen::Map<const MatrixXfR, 0, Eigen::OuterStride<>>(v.data(), rows, n, Eigen::OuterStride<>(ld)).cast<double>().eval();
+      };
+      const MatrixXdR x = as_matrix(xv), b = as_matrix(bv);
+      const MatrixXdR t = transposed ? MatrixXdR(u.transpose()) : u;
+      const MatrixXdR wt = transposed ? MatrixXdR(w.transpose()) : w;
+      const MatrixXdR residual = (x * t - b).cwiseAbs();
+      const MatrixXdR bound = 2.0 * gamma(n + la::kBlock) * (b.cwiseAbs() + x.cwiseAbs() * wt);
+      EXPECT_TRUE(((residual - bound).array() <= 0.0).all()) << "worst excess " << (residual - bound).maxCoeff();
+      for (std::int64_t r = 0; r < rows; ++r)  // the padding beyond n is untouched
+        for (std::int64_t j = n; j < ld; ++j)
+          ASSERT_EQ(xv[static_cast<std::size_t>(r * ld + j)], bv[static_cast<std::size_t>(r * ld + j)]);
+    }
   }
 }
 
 TEST(Linalg, IndefiniteMatrixIsReportedNotFactored) {
-  // Positive definite except for one block past the first: the failure is found in a later block.
+  // Positive definite except for one entry in the first rows, which the recursion factors last:
+  // the failure is found after other leaves succeeded.
   const std::int64_t n = 200;
   auto a = random_spd(n, 77, 0.1);
-  a[static_cast<std::size_t>(150 * n + 150)] = -1.0f;
-  la::LowerCholesky f;
-  EXPECT_FALSE(la::cholesky_lower(a, n, f));
-}
-
-TEST(Linalg, TransposeOfNonMultipleOfTile) {
-  const std::int64_t n = 70;
-  std::vector<float> m(static_cast<std::size_t>(n * n));
-  for (std::int64_t i = 0; i < n * n; ++i) m[static_cast<std::size_t>(i)] = static_cast<float>(i);
-  const auto t = la::transpose(m, n);
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t j = 0; j < n; ++j) ASSERT_EQ(t[static_cast<std::size_t>(j * n + i)], m[static_cast<std::size_t>(i * n + j)]);
+  a[static_cast<std::size_t>(10 * n + 10)] = -1.0f;
+  la::UpperCholesky f;
+  EXPECT_FALSE(la::cholesky_upper(a, n, f));
 }

@@ -18,6 +18,11 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "qforge/core/error.hpp"
 #include "qforge/core/half.hpp"
@@ -184,6 +189,61 @@ inline float dequantize_code(const GridSpec& g, const GroupParams& p, int code) 
     case GridKind::kQ8_0: return static_cast<float>(code) * p.scale;
   }
   return 0.0f;
+}
+
+// quantize_code and dequantize_code over n values, value i with params p[i]: the same results,
+// bit for bit. The integer grid (the common case) runs on per-value parameter arrays so that
+// it vectorises; on x86 the rounding is cvtps2dq, which rounds with the current rounding mode
+// exactly as nearbyint does (values are first clamped to ±2^22, which the final clamp to
+// [0, maxq] makes invisible).
+struct ParamColumns {
+  std::vector<GroupParams> p;
+  std::vector<float> scale, qmin_raw, zero;
+  explicit ParamColumns(std::int64_t n)
+      : p(static_cast<std::size_t>(n)), scale(p.size()), qmin_raw(p.size()), zero(p.size()) {}
+  void set(std::int64_t i, const GroupParams& v) {
+    const auto k = static_cast<std::size_t>(i);
+    p[k] = v;
+    scale[k] = v.scale;
+    qmin_raw[k] = v.qmin_raw;
+    zero[k] = v.zero;
+  }
+};
+
+inline void quantize_values(const GridSpec& g, const ParamColumns& pc, std::int64_t i0, std::int64_t i1,
+                            const float* x, float* q, std::int8_t* code) {
+  if (g.kind != GridKind::kInt) {
+    for (std::int64_t i = i0; i < i1; ++i) {
+      const int c = quantize_code(g, pc.p[static_cast<std::size_t>(i)], x[i - i0]);
+      code[i - i0] = static_cast<std::int8_t>(c);
+      q[i - i0] = dequantize_code(g, pc.p[static_cast<std::size_t>(i)], c);
+    }
+    return;
+  }
+  const float maxq = static_cast<float>(detail::int_maxq(g.bits)), half = static_cast<float>(detail::int_half(g.bits));
+  const float* s = pc.scale.data() + i0;
+  const float* z = pc.qmin_raw.data() + i0;
+  const float* zero = pc.zero.data() + i0;
+  const std::int64_t n = i1 - i0;
+  std::int64_t i = 0;
+#if defined(__SSE2__)
+  const __m128 lim = _mm_set1_ps(4194304.0f), neg_lim = _mm_set1_ps(-4194304.0f);
+  const __m128 vmax = _mm_set1_ps(maxq), vhalf = _mm_set1_ps(half), vzero = _mm_setzero_ps();
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_min_ps(_mm_max_ps(_mm_div_ps(_mm_loadu_ps(x + i), _mm_loadu_ps(s + i)), neg_lim), lim);
+    const __m128 u = _mm_min_ps(_mm_max_ps(_mm_add_ps(_mm_cvtepi32_ps(_mm_cvtps_epi32(v)), _mm_loadu_ps(z + i)), vzero), vmax);
+    const __m128 c = _mm_sub_ps(u, vhalf);  // the signed code, exact in float
+    _mm_storeu_ps(q + i, _mm_mul_ps(_mm_loadu_ps(s + i), _mm_sub_ps(c, _mm_loadu_ps(zero + i))));
+    alignas(16) std::int32_t ci[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(ci), _mm_cvttps_epi32(c));
+    for (int k = 0; k < 4; ++k) code[i + k] = static_cast<std::int8_t>(ci[k]);
+  }
+#endif
+  for (; i < n; ++i) {
+    const int c = detail::int_q(x[i], s[i], z[i], static_cast<int>(maxq)) - static_cast<int>(half);
+    code[i] = static_cast<std::int8_t>(c);
+    q[i] = s[i] * (static_cast<float>(c) - zero[i]);
+  }
 }
 
 inline float quantize_value(const GridSpec& g, const GroupParams& p, float x) {

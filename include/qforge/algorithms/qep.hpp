@@ -29,44 +29,36 @@ inline std::vector<float> qep_correct(const float* w, std::int64_t rows, std::in
                                       const double* h_delta, const QepOptions& opt, std::string_view site = "layer") {
   std::vector<float> out(w, w + rows * cols);
   if (!opt.apply_correction || opt.correction_factor == 0.0) return out;
-  check_finite(h, cols * cols, "Hessian", site);
-  check_finite(h_delta, cols * cols, "H_delta", site);
-  const Eigen::Map<const MatrixXdR> H(h, cols, cols), Hd(h_delta, cols, cols);
-  // W·H_δ on the backend in float32 (b is [N, K] = H_δᵀ).
+  detail::check_finite_parallel(h, cols * cols, "Hessian", site);
+  detail::check_finite_parallel(h_delta, cols * cols, "H_delta", site);
+  // Z = W·H_δ on the backend in float32 (H_δ as the GEMM's [K, N] operand).
   std::vector<float> hd_f(static_cast<std::size_t>(cols * cols));
   parallel_for_each(cols, backend::num_threads(), [&](std::int64_t a) {
-    for (std::int64_t b = 0; b < cols; ++b) hd_f[static_cast<std::size_t>(a * cols + b)] = static_cast<float>(Hd(a, b));
+    for (std::int64_t b = 0; b < cols; ++b) hd_f[static_cast<std::size_t>(a * cols + b)] = static_cast<float>(h_delta[a * cols + b]);
   });
-  const std::vector<float> hd_t = linalg::transpose(hd_f, cols);
-  std::vector<float> whd(static_cast<std::size_t>(rows * cols));
-  backend::run(backend::GemmF32Op{.M = rows, .N = cols, .K = cols, .a = w, .lda = cols, .b = hd_t.data(), .ldb = cols,
-                                  .dst = whd.data(), .ldd = cols, .accumulate = false});
-  // ΔW = W H_δ (H + λI)⁻¹ = (W H_δ) Y Yᵀ with H + λI = L Lᵀ and Y = L⁻ᵀ: the factorisation and
-  // both products run blocked in float32 on the backend (linalg.hpp), like GPTQ's.
-  const double lambda = opt.damping_factor * H.diagonal().mean();
-  linalg::LowerCholesky chol;
-  if (!linalg::cholesky_lower(linalg::lower_triangle(cols, H, lambda), cols, chol))
+  std::vector<float> dw(static_cast<std::size_t>(rows * cols));
+  linalg::gemm({.M = rows, .N = cols, .K = cols, .a = w, .lda = cols, .b = hd_f.data(), .ldb = cols, .dst = dw.data(),
+                .ldd = cols, .b_kn = true});
+  hd_f = {};
+  // ΔW = Z (H + λI)⁻¹ = Z Ũ⁻ᵀ Ũ⁻¹ with H + λI = Ũ Ũᵀ: two blocked triangular solves whose work
+  // is GEMMs on the backend (linalg.hpp), like GPTQ's factorisation.
+  double mean_diag = 0.0;
+  for (std::int64_t i = 0; i < cols; ++i) mean_diag += h[i * cols + i];
+  const double lambda = opt.damping_factor * mean_diag / static_cast<double>(cols);
+  linalg::UpperCholesky chol;
+  if (!linalg::cholesky_upper(linalg::upper_triangle(cols, [&](std::int64_t i, std::int64_t j) { return h[i * cols + j]; }, lambda),
+                              cols, chol))
     throw_error(Status::kNumericalError, "{}: QEP: H + {} x mean(diag) I is not positive definite; raise damping_factor",
                 site, opt.damping_factor);
-  const std::vector<float> y = linalg::inverse_lower_transposed(chol);
-  const std::vector<float> x = linalg::transpose(y, cols);  // L⁻¹
-  std::vector<float> z(static_cast<std::size_t>(rows * cols)), dw(static_cast<std::size_t>(rows * cols));
-  // Y is upper triangular: a panel of output columns [n0, n1) of (W H_δ)·Y needs only the inner
-  // indices below n1, and of Z·Yᵀ only those from n0 on, which halves both products.
-  for (std::int64_t n0 = 0; n0 < cols; n0 += linalg::kPanelRows) {
-    const std::int64_t n1 = std::min(n0 + linalg::kPanelRows, cols);
-    linalg::gemm_nt(rows, n1 - n0, n1, whd.data(), cols, &x[static_cast<std::size_t>(n0 * cols)], cols, &z[static_cast<std::size_t>(n0)],
-                    cols, false);
-  }
-  for (std::int64_t n0 = 0; n0 < cols; n0 += linalg::kPanelRows) {
-    const std::int64_t n1 = std::min(n0 + linalg::kPanelRows, cols);
-    linalg::gemm_nt(rows, n1 - n0, cols - n0, &z[static_cast<std::size_t>(n0)], cols,
-                    &y[static_cast<std::size_t>(n0 * cols + n0)], cols, &dw[static_cast<std::size_t>(n0)], cols, false);
-  }
-  for (std::int64_t i = 0; i < rows * cols; ++i)
-    out[static_cast<std::size_t>(i)] = static_cast<float>(static_cast<double>(w[i]) +
-                                                          opt.correction_factor * dw[static_cast<std::size_t>(i)]);
-  check_finite(out.data(), rows * cols, "QEP-corrected weight", site);
+  linalg::solve_right(chol, dw.data(), rows, cols, true);
+  linalg::solve_right(chol, dw.data(), rows, cols, false);
+  parallel_for_each(rows, backend::num_threads(), [&](std::int64_t r) {
+    for (std::int64_t j = 0; j < cols; ++j) {
+      const auto i = static_cast<std::size_t>(r * cols + j);
+      out[i] = static_cast<float>(static_cast<double>(w[i]) + opt.correction_factor * dw[i]);
+    }
+  });
+  detail::check_finite_parallel(out.data(), rows * cols, "QEP-corrected weight", site);
   return out;
 }
 
