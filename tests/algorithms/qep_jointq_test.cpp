@@ -35,6 +35,26 @@ std::vector<double> cross(const std::vector<float>& x, const std::vector<float>&
     }
   return h;
 }
+
+// Layer 1 quantized at 3 bits makes layer 2's inputs noisy: layer 2's weight, its float and
+// quantized-prefix inputs, and the statistics QEP reads (H = Ŷ1ᵀŶ1, H_δ = (Y1 − Ŷ1)ᵀŶ1).
+struct Chain {
+  qa::testing::Layer l2;
+  std::vector<float> y1, y1q;
+  std::vector<double> h, hd;
+};
+Chain two_layer_chain(unsigned seed, std::int64_t in, std::int64_t hid, std::int64_t out, std::int64_t tokens) {
+  const auto l1 = correlated_layer(hid, in, tokens, seed);
+  Chain c{correlated_layer(out, hid, 1, seed + 100), {}, {}, {}, {}};
+  qa::GridSpec g3;
+  g3.bits = 3;
+  const auto w1q = qa::quantize_rtn(l1.w.data(), hid, in, g3).weight;
+  c.y1 = forward(l1.w, l1.x, hid, in, tokens);
+  c.y1q = forward(w1q, l1.x, hid, in, tokens);
+  c.h = gram(c.y1q, tokens, hid);
+  c.hd = cross(c.y1, c.y1q, tokens, hid);
+  return c;
+}
 }  // namespace
 
 TEST(Qep, AlphaZeroAndExactInputsLeaveTheWeightUnchanged) {
@@ -64,16 +84,8 @@ TEST(Qep, ReducesOutputErrorOfATwoLayerChain) {
   // float weight for that noise before GPTQ. Objective: ||Y1 W2ᵀ − Ŷ1 Ŵ2ᵀ||².
   for (unsigned seed : {71u, 72u, 73u}) {
     SCOPED_TRACE(testing::Message() << "seed " << seed);
-    const std::int64_t in = 48, hid = 64, out = 16, tokens = 600;
-    const auto l1 = correlated_layer(hid, in, tokens, seed);
-    const auto l2 = correlated_layer(out, hid, 1, seed + 100);
-    qa::GridSpec g3;
-    g3.bits = 3;
-    const auto w1q = qa::quantize_rtn(l1.w.data(), hid, in, g3).weight;
-    const auto y1 = forward(l1.w, l1.x, hid, in, tokens);
-    const auto y1q = forward(w1q, l1.x, hid, in, tokens);
-    const auto h = gram(y1q, tokens, hid);
-    const auto hd = cross(y1, y1q, tokens, hid);
+    const std::int64_t hid = 64, out = 16, tokens = 600;
+    const auto [l2, y1, y1q, h, hd] = two_layer_chain(seed, 48, hid, out, tokens);
     qa::GptqOptions g;
     g.grid.bits = 4;
     g.grid.group_size = 16;
@@ -82,6 +94,35 @@ TEST(Qep, ReducesOutputErrorOfATwoLayerChain) {
     const double e_plain = output_error(l2.w, plain.weight, y1, &y1q, out, hid, tokens);
     const double e_qep = output_error(l2.w, qep.weight, y1, &y1q, out, hid, tokens);
     EXPECT_LT(e_qep, e_plain);
+  }
+}
+
+TEST(Qep, ShiftInsideGptqEqualsCorrectingFirst) {
+  // qep_gptq folds the correction into GPTQ's own factor (one solve, no second factorisation);
+  // it must quantize exactly as correcting W first and then running GPTQ, up to float round-off
+  // moving a value across a rounding boundary (< 1% of codes), with and without act-order.
+  for (unsigned seed : {81u, 82u}) {
+    const std::int64_t hid = 128, out = 24;
+    const auto [l2, y1, y1q, h, hd] = two_layer_chain(seed, 96, hid, out, 700);
+    for (const bool act_order : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "seed " << seed << " act_order " << act_order);
+      qa::GptqOptions g;
+      g.grid.bits = 4;
+      g.grid.group_size = 32;
+      g.block_size = 48;
+      g.act_order = act_order;
+      const auto fused = qa::qep_gptq(l2.w.data(), out, hid, h.data(), hd.data(), qa::QepOptions{}, g);
+      const auto corrected = qa::qep_correct(l2.w.data(), out, hid, h.data(), hd.data(), qa::QepOptions{});
+      const auto separate = qa::gptq(corrected.data(), out, hid, h.data(), g);
+      int flips = 0;
+      for (std::size_t i = 0; i < fused.codes.size(); ++i) flips += fused.codes[i] != separate.codes[i];
+      EXPECT_LE(flips, static_cast<int>(fused.codes.size() / 100)) << flips << " of " << fused.codes.size();
+      const auto plain = qa::gptq(l2.w.data(), out, hid, h.data(), g);
+      int plain_flips = 0;  // the check can fail: QEP moves many codes
+      for (std::size_t i = 0; i < fused.codes.size(); ++i) plain_flips += plain.codes[i] != separate.codes[i];
+      EXPECT_GT(plain_flips, static_cast<int>(fused.codes.size() / 20));
+      EXPECT_NEAR(fused.loss, separate.loss, 1e-3 * separate.loss);
+    }
   }
 }
 

@@ -54,7 +54,8 @@ inline void check_finite(const float* v, std::int64_t n, std::string_view what, 
 // h_at(i, j) gives the Hessian entry; only i <= j is asked for.
 template <class HessianAt>
 linalg::UpperCholesky damped_cholesky(std::int64_t c, HessianAt&& h_at, double percdamp, int max_retries,
-                                      std::string_view site, double& damp_used, std::vector<std::string>& notes) {
+                                      std::string_view site, double& damp_used, std::vector<std::string>& notes,
+                                      int* retries = nullptr) {
   double mean_diag = 0.0;
   for (std::int64_t i = 0; i < c; ++i) mean_diag += h_at(i, i);
   mean_diag /= static_cast<double>(c);
@@ -64,6 +65,7 @@ linalg::UpperCholesky damped_cholesky(std::int64_t c, HessianAt&& h_at, double p
     linalg::UpperCholesky chol;
     if (!linalg::cholesky_upper(linalg::upper_triangle(c, h_at, damp), c, chol)) continue;
     damp_used = damp;
+    if (retries) *retries = attempt;
     if (attempt > 0)
       notes.push_back(fmt::format("{}: Hessian not positive definite at percdamp {}; succeeded at {}", site,
                                   percdamp, factor));
@@ -90,6 +92,61 @@ inline std::vector<float> inverse_cholesky_upper(const MatrixXdR& h, double perc
   return u;
 }
 
+// Everything GPTQ takes from H alone (steps 3 and 5-7 of the reference): dead columns, the
+// act-order permutation and the damped factor P (H + damp I) Pᵀ = Ũ Ũᵀ of the permuted Hessian.
+// QEP reuses it for its own solve (qep.hpp).
+struct GptqPlan {
+  std::vector<double> diag;  // H's diagonal with dead columns set to 1
+  std::vector<char> dead;
+  std::int64_t dead_count = 0;
+  std::vector<std::int64_t> perm;  // factor order → original column
+  linalg::UpperCholesky factor;
+  double damp_used = 0.0;
+  int retries = 0;
+  std::vector<std::string> notes;
+  std::int64_t col(std::int64_t j) const { return perm[static_cast<std::size_t>(j)]; }
+};
+
+inline GptqPlan plan_gptq(const double* hessian, std::int64_t cols, const GptqOptions& opt, std::string_view site) {
+  GptqPlan plan;
+  plan.diag.resize(static_cast<std::size_t>(cols));
+  plan.dead.assign(static_cast<std::size_t>(cols), 0);
+  for (std::int64_t j = 0; j < cols; ++j) {
+    double& d = plan.diag[static_cast<std::size_t>(j)];
+    d = hessian[j * cols + j];
+    if (d == 0.0) {
+      d = 1.0;
+      plan.dead[static_cast<std::size_t>(j)] = 1;
+      ++plan.dead_count;
+    }
+  }
+  if (plan.dead_count == cols)
+    plan.notes.push_back(fmt::format("{}: no calibration signal (all columns dead): result is RTN", site));
+  plan.perm.resize(static_cast<std::size_t>(cols));
+  std::iota(plan.perm.begin(), plan.perm.end(), 0);
+  if (opt.act_order)  // stable: ties keep index order (P8)
+    std::stable_sort(plan.perm.begin(), plan.perm.end(), [&](std::int64_t a, std::int64_t b) {
+      return plan.diag[static_cast<std::size_t>(a)] > plan.diag[static_cast<std::size_t>(b)];
+    });
+  // The Hessian is read only here (and its diagonal above), through the permutation, instead of
+  // being copied into a permuted matrix first.
+  const auto h_at = [&](std::int64_t i, std::int64_t j) {
+    const std::int64_t a = plan.col(i), b = plan.col(j);
+    return a == b ? plan.diag[static_cast<std::size_t>(a)] : hessian[a * cols + b];
+  };
+  plan.factor =
+      damped_cholesky(cols, h_at, opt.percdamp, opt.max_damp_retries, site, plan.damp_used, plan.notes, &plan.retries);
+  return plan;
+}
+
+// A term added to the weight before quantizing, given in the factor's basis: GPTQ then
+// quantizes W + alpha · Y Ũ⁻¹ without forming it (QEP's correction, qep.hpp). y is [rows, cols]
+// row-major in factor column order.
+struct GptqShift {
+  const float* y = nullptr;
+  float alpha = 0.0f;
+};
+
 namespace detail {
 inline void check_finite_parallel(const auto* v, std::int64_t n, std::string_view what, std::string_view site) {
   constexpr std::int64_t kChunk = 1 << 16;
@@ -97,44 +154,58 @@ inline void check_finite_parallel(const auto* v, std::int64_t n, std::string_vie
     check_finite(v + c * kChunk, std::min(kChunk, n - c * kChunk), what, site);
   });
 }
+
+// Block buffers are column-major ([column][row]) so that the per-column work, which is the same
+// for every row, vectorises across rows. Rows are split into tasks of kRowsPerTask.
+inline constexpr std::int64_t kGptqRowsPerTask = 64, kGptqSubBlock = 16;
+
+// The params of a dynamic group starting at block column i for the task's rows [r0, r1): the
+// group's values are gathered column by column (contiguous reads) into a row-major tile small
+// enough for L1, then each row's params come from its own contiguous values. values(c, r) gives
+// the value the reference reads for block column c and row r.
+template <class Values>
+void dynamic_group_params(const GridSpec& grid, std::int64_t g, std::int64_t i, std::int64_t r0, std::int64_t r1,
+                          Values&& values, std::vector<float>& tile, auto&& set_params) {
+  const std::int64_t nr = r1 - r0;
+  tile.resize(static_cast<std::size_t>(nr * g));
+  for (std::int64_t k = 0; k < g; ++k) values(i + k, r0, r1, [&](std::int64_t r, float v) { tile[static_cast<std::size_t>((r - r0) * g + k)] = v; });
+  for (std::int64_t r = r0; r < r1; ++r)
+    set_params(r, find_params(grid, {&tile[static_cast<std::size_t>((r - r0) * g)], static_cast<std::size_t>(g)}));
+}
 }  // namespace detail
 
 // GPTQ in the factor's own basis. With d = W − Q (original weight minus quantized, per column),
 // the reference's sequential updates satisfy ε = d Ũ for its scaled errors ε_j = (ŵ_j − q_j)/U_jj,
 // so the value column k is quantized at is
 //     ŵ_k = w_k + (S U)_k,   S = d_{<k} Ũ_{<k, ·}  (what the columns before k contribute).
-// S is accumulated with one GEMM per block; at a block start the block's working values (and
-// the group's, for dynamic groups reaching past the block) are w + S_I · (Ũ_II)⁻¹, with Ũ_II the
-// small diagonal block over those columns, which is also the reference's U over them. Inside
-// the block the reference's own column-by-column updates run with that U_II. Everything the
-// reference reads (current values, stale group values at a block start: P5, the fresh fix) is
-// therefore the reference's, regrouped; no n×n inverse is formed.
-inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t cols, const double* hessian,
-                           const GptqOptions& opt, std::string_view site = "layer") {
+// At a block start the block's working values (and the group's, for dynamic groups reaching
+// past the block) are w_I + d_{<i1} Ũ_{<i1, I} U_II, one GEMM whose inner size is every earlier
+// column, with U_II = (Ũ_II)⁻¹ the small inverse of the diagonal block over those columns, which
+// is also the reference's U over them. Inside the block the reference's own column-by-column
+// updates run with that U_II. Everything the reference reads (current values, stale group
+// values at a block start: P5, the fresh fix) is therefore the reference's, regrouped; no n×n
+// inverse is formed. With a shift (QEP), the block's values also get alpha · Y_I U_II: since
+// U_{<i1, I} = −U_{<i1,<i1} Ũ_{<i1, I} U_II, the shifted weight's own earlier columns cancel and
+// d keeps using the unshifted W.
+inline QuantizedLayer gptq_planned(const float* w_in, std::int64_t rows, std::int64_t cols, const GptqPlan& plan,
+                                   const GptqOptions& opt, std::string_view site, GptqShift shift = {}) {
+  using detail::kGptqRowsPerTask, detail::kGptqSubBlock;
   QuantizedLayer out = make_layer(opt.grid, rows, cols, site);
+  out.damp_used = plan.damp_used;
+  out.notes.insert(out.notes.end(), plan.notes.begin(), plan.notes.end());
   const std::int64_t g = out.group_size;
   const bool per_channel = g == cols;
   const bool dynamic_groups = !per_channel && !opt.static_groups;
   if (opt.block_size <= 0) throw_error(Status::kInvalidArgument, "{}: block size must be positive", site);
+  if (shift.y && !dynamic_groups)
+    throw_error(Status::kInvalidArgument, "{}: a shifted GPTQ needs dynamic groups (its params read the shifted W)", site);
   detail::check_finite_parallel(w_in, rows * cols, "weight", site);
-  detail::check_finite_parallel(hessian, cols * cols, "Hessian", site);
-
-  // The Hessian is only read through its diagonal and, once, into the factorisation's input;
-  // dead columns and act-order are applied on the fly instead of to copies of H or W.
-  std::vector<double> diag(static_cast<std::size_t>(cols));
-  for (std::int64_t j = 0; j < cols; ++j) diag[static_cast<std::size_t>(j)] = hessian[j * cols + j];
-  // Step 3's dead columns read as zero from here on (step 2 below reads the original W).
-  std::vector<char> dead(static_cast<std::size_t>(cols), 0);
-  int dead_count = 0;
-  for (std::int64_t j = 0; j < cols; ++j)
-    if (diag[static_cast<std::size_t>(j)] == 0.0) {
-      diag[static_cast<std::size_t>(j)] = 1.0;
-      dead[static_cast<std::size_t>(j)] = 1;
-      ++dead_count;
-    }
-  if (dead_count == cols)
-    out.notes.push_back(fmt::format("{}: no calibration signal (all columns dead): result is RTN", site));
-  const auto w_at = [&](std::int64_t r, std::int64_t j) { return dead[static_cast<std::size_t>(j)] ? 0.0f : w_in[r * cols + j]; };
+  const linalg::UpperCholesky& f = plan.factor;
+  const auto col = [&](std::int64_t j) { return plan.col(j); };
+  // Step 3's dead columns read as zero (step 2 below reads the original W).
+  const auto w_at = [&](std::int64_t r, std::int64_t j) {
+    return plan.dead[static_cast<std::size_t>(j)] ? 0.0f : w_in[r * cols + j];
+  };
 
   // Step 2: per-channel params over the original W (before dead columns are zeroed).
   std::vector<GroupParams> row_params;
@@ -150,32 +221,16 @@ inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t co
         static_params.push_back(find_params(opt.grid, grp));
       }
   }
-  // Step 5: act-order.
-  std::vector<std::int64_t> perm(static_cast<std::size_t>(cols));
-  std::iota(perm.begin(), perm.end(), 0);
-  if (opt.act_order)
-    std::stable_sort(perm.begin(), perm.end(), [&](std::int64_t a, std::int64_t b) {
-      return diag[static_cast<std::size_t>(a)] > diag[static_cast<std::size_t>(b)];
-    });
-  const auto col = [&](std::int64_t j) { return perm[static_cast<std::size_t>(j)]; };
-  // Steps 6-7: the damped factor of the permuted Hessian.
-  const auto h_at = [&](std::int64_t i, std::int64_t j) {
-    const std::int64_t a = col(i), b = col(j);
-    return a == b ? diag[static_cast<std::size_t>(a)] : hessian[a * cols + b];
-  };
-  const linalg::UpperCholesky f =
-      damped_cholesky(cols, h_at, opt.percdamp, opt.max_damp_retries, site, out.damp_used, out.notes);
 
   // dt[cols, rows]: column j (in the factor's order, dead columns zero) of W as row j, which
   // becomes d_j = w_j − q_j once the column is quantized. It lives in out.weight's storage (the
   // same size), which is filled with the dequantized result at the end: a GPTQ of a large layer
   // spends a noticeable part of its time first-touching fresh pages, so no n×n scratch is added.
   float* dt = out.weight.data();
-  constexpr std::int64_t kRowsPerTask = 64, kSub = 16;
-  const std::int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  const std::int64_t tasks = (rows + kGptqRowsPerTask - 1) / kGptqRowsPerTask;
   const int threads = static_cast<int>(std::min<std::int64_t>(backend::num_threads(), tasks));
   parallel_for_each(tasks, backend::num_threads(), [&](std::int64_t task) {
-    const std::int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
+    const std::int64_t r0 = task * kGptqRowsPerTask, r1 = std::min(rows, r0 + kGptqRowsPerTask);
     for (std::int64_t j = 0; j < cols; ++j) {
       const std::int64_t c = col(j);
       for (std::int64_t r = r0; r < r1; ++r) dt[j * rows + r] = w_at(r, c);
@@ -185,9 +240,8 @@ inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t co
   std::vector<std::int8_t> codes_perm(opt.act_order ? static_cast<std::size_t>(rows * cols) : 0);
   std::int8_t* c_perm = opt.act_order ? codes_perm.data() : out.codes.data();
 
-  // Block buffers are column-major ([column][row]) so that the per-column work, which is the
-  // same for every row, vectorises across rows. Their column stride is padded off a multiple of
-  // 4 KiB: a task's few columns would otherwise all map to the same L1 sets and evict each other.
+  // Column stride of the block buffers, padded off a multiple of 4 KiB: a task's few columns
+  // would otherwise all map to the same L1 sets and evict each other.
   const std::int64_t ldw = (rows + 15) / 16 * 16 + 16;
   std::vector<float> work, stale, err, qt, v;
   std::vector<std::int8_t> ct;
@@ -195,6 +249,12 @@ inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t co
   ParamColumns params(rows);
   if (!row_params.empty())
     for (std::int64_t r = 0; r < rows; ++r) params.set(r, row_params[static_cast<std::size_t>(r)]);
+  const auto set_group_params = [&](std::int64_t j) {
+    return [&, j](std::int64_t r, const GroupParams& p) {
+      params.set(r, p);
+      out.params[static_cast<std::size_t>(r * out.groups + j / g)] = p;
+    };
+  };
   for (std::int64_t i1 = 0; i1 < cols; i1 += opt.block_size) {
     const std::int64_t i2 = std::min(i1 + opt.block_size, cols), nb = i2 - i1;
     // Columns whose working values this block reads: its own, and those of groups starting in it.
@@ -206,9 +266,9 @@ inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t co
     const std::vector<float> u_blk = linalg::to_float(linalg::inverse_of_diagonal_block(f, i1, i_end));  // U_II
     const auto U = [&](std::int64_t a, std::int64_t b) { return u_blk[static_cast<std::size_t>(a * ni + b)]; };
 
-    // work = (w_I + d_{<i1} Ũ_{<i1, I} U_II)ᵀ: the block's values with every earlier column's
-    // update, as the reference's W holds them at this block's start. Two GEMMs: V = Ũ_{<i1, I} U_II
-    // (small), then work += Vᵀ · dt[<i1], whose inner dimension is every earlier column.
+    // work = (w_I + d_{<i1} Ũ_{<i1, I} U_II + alpha Y_I U_II)ᵀ: the block's values with every
+    // earlier column's update, as the reference's W holds them at this block's start. V =
+    // Ũ_{<i1, I} U_II is small; work += Vᵀ · dt[<i1] has every earlier column as inner size.
     work.resize(static_cast<std::size_t>(ni * ldw));
     for (std::int64_t i = 0; i < ni; ++i) std::copy_n(dt + (i1 + i) * rows, rows, &work[static_cast<std::size_t>(i * ldw)]);
     if (i1 > 0) {
@@ -218,75 +278,72 @@ inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t co
       linalg::gemm({.M = ni, .N = rows, .K = i1, .a = v.data(), .lda = ni, .b = dt, .ldb = rows, .dst = work.data(),
                     .ldd = ldw, .accumulate = true, .a_km = true, .b_kn = true});
     }
+    if (shift.y)
+      linalg::gemm({.M = ni, .N = rows, .K = ni, .a = u_blk.data(), .lda = ni, .b = shift.y + i1, .ldb = cols,
+                    .dst = work.data(), .ldd = ldw, .accumulate = true, .alpha = shift.alpha, .a_km = true});
     if (dynamic_groups && !opt.fresh_group_params) stale = work;  // what the reference's global W holds (P5)
     err.resize(static_cast<std::size_t>(nb * ldw));
     qt.resize(static_cast<std::size_t>(nb * ldw));
     ct.resize(static_cast<std::size_t>(nb * ldw));
 
-    for (std::int64_t s0 = 0; s0 < nb; s0 += kSub) {
-      const std::int64_t s1 = std::min(s0 + kSub, nb);
+    for (std::int64_t s0 = 0; s0 < nb; s0 += kGptqSubBlock) {
+      const std::int64_t s1 = std::min(s0 + kGptqSubBlock, nb);
+      // The value the reference reads for a group's block column c: stale (P5), or with every
+      // update so far, those applied to work plus those still pending (the fresh fix).
+      const auto group_values = [&](std::int64_t i) {
+        return [&, i](std::int64_t c, std::int64_t r0, std::int64_t r1, auto&& put) {
+          const float* src = &(opt.fresh_group_params ? work : stale)[static_cast<std::size_t>(c * ldw)];
+          if (!opt.fresh_group_params) {
+            for (std::int64_t r = r0; r < r1; ++r) put(r, src[r]);
+            return;
+          }
+          const std::int64_t pending_from = c < s1 ? i : c < nb ? s0 : 0;
+          for (std::int64_t r = r0; r < r1; ++r) {
+            float x = src[r];
+            for (std::int64_t e = pending_from; e < i; ++e) x -= err[static_cast<std::size_t>(e * ldw + r)] * U(e, c);
+            put(r, x);
+          }
+        };
+      };
       // One item per thread, each a fixed contiguous range of row tasks: a thread then finds its
       // rows of work in its own cache from one sub-block to the next.
       parallel_for_each(threads, threads, [&](std::int64_t part) {
-       for (std::int64_t task = part * tasks / threads; task < (part + 1) * tasks / threads; ++task) {
-        const std::int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
-        std::vector<float> grp;  // [task rows, g]: a group's values, one row per weight row
-        for (std::int64_t i = s0; i < s1; ++i) {
-          const std::int64_t j = i1 + i;
-          if (opt.static_groups) {
-            for (std::int64_t r = r0; r < r1; ++r)
-              params.set(r, static_params[static_cast<std::size_t>(r * out.groups + col(j) / g)]);
-          } else if (dynamic_groups && j % g == 0) {
-            // Gathered column by column (contiguous reads) into a row-major tile small enough for
-            // L1, then each row's params from its own contiguous values.
-            const std::int64_t nr = r1 - r0;
-            grp.resize(static_cast<std::size_t>(nr * g));
-            for (std::int64_t k = 0; k < g; ++k) {
-              const std::int64_t c = i + k;  // block-relative column
-              const float* src = &(opt.fresh_group_params ? work : stale)[static_cast<std::size_t>(c * ldw + r0)];
-              for (std::int64_t r = 0; r < nr; ++r) grp[static_cast<std::size_t>(r * g + k)] = src[r];
-              if (opt.fresh_group_params) {
-                // Every update so far: those applied to work, plus those still pending.
-                const std::int64_t pending_from = c < s1 ? i : c < nb ? s0 : 0;
-                for (std::int64_t e = pending_from; e < i; ++e) {
-                  const float u = U(e, c);
-                  const float* ee = &err[static_cast<std::size_t>(e * ldw + r0)];
-                  for (std::int64_t r = 0; r < nr; ++r) grp[static_cast<std::size_t>(r * g + k)] -= ee[r] * u;
-                }
-              }
+        std::vector<float> tile;
+        for (std::int64_t task = part * tasks / threads; task < (part + 1) * tasks / threads; ++task) {
+          const std::int64_t r0 = task * kGptqRowsPerTask, r1 = std::min(rows, r0 + kGptqRowsPerTask), nr = r1 - r0;
+          for (std::int64_t i = s0; i < s1; ++i) {
+            const std::int64_t j = i1 + i;
+            if (opt.static_groups) {
+              for (std::int64_t r = r0; r < r1; ++r)
+                params.set(r, static_params[static_cast<std::size_t>(r * out.groups + col(j) / g)]);
+            } else if (dynamic_groups && j % g == 0) {
+              detail::dynamic_group_params(opt.grid, g, i, r0, r1, group_values(i), tile, set_group_params(j));
             }
+            // Quantize column i for the task's rows, then the reference's update of the rest of
+            // the sub-block: work[k] −= ε · U[i, k] with ε = (x − q) / U[i, i].
+            const std::size_t at = static_cast<std::size_t>(i * ldw + r0);
+            const float* x = &work[at];
+            const float* q = &qt[at];
+            quantize_values(opt.grid, params, r0, r1, x, &qt[at], &ct[at]);
+            const float d = U(i, i);
+            const double inv_2d2 = 1.0 / (static_cast<double>(d) * d) / 2.0;
+            float* dj = dt + j * rows + r0;
             for (std::int64_t r = 0; r < nr; ++r) {
-              const GroupParams p = find_params(opt.grid, {&grp[static_cast<std::size_t>(r * g)], static_cast<std::size_t>(g)});
-              params.set(r0 + r, p);
-              out.params[static_cast<std::size_t>((r0 + r) * out.groups + j / g)] = p;
+              const float e = x[r] - q[r];
+              row_loss[static_cast<std::size_t>(r0 + r)] += static_cast<double>(e) * e * inv_2d2;
+              err[at + r] = e / d;
+              dj[r] -= q[r];  // d_j = w_j − q_j
+            }
+            for (std::int64_t k = i + 1; k < s1; ++k) {
+              const float u = U(i, k);
+              float* xk = &work[static_cast<std::size_t>(k * ldw + r0)];
+              const float* ek = &err[at];
+              for (std::int64_t r = 0; r < nr; ++r) xk[r] -= ek[r] * u;
             }
           }
-          // Quantize column i for the task's rows, then the reference's update of the rest of the
-          // sub-block: work[k] −= ε · U[i, k] with ε = (x − q) / U[i, i].
-          const std::size_t at = static_cast<std::size_t>(i * ldw + r0);
-          const std::int64_t nr = r1 - r0;
-          const float* x = &work[at];
-          float* q = &qt[at];
-          quantize_values(opt.grid, params, r0, r1, x, q, &ct[at]);
-          const float d = U(i, i);
-          const double inv_2d2 = 1.0 / (static_cast<double>(d) * d) / 2.0;
-          float* dj = dt + j * rows + r0;
-          for (std::int64_t r = 0; r < nr; ++r) {
-            const float e = x[r] - q[r];
-            row_loss[static_cast<std::size_t>(r0 + r)] += static_cast<double>(e) * e * inv_2d2;
-            err[at + r] = e / d;
-            dj[r] -= q[r];  // d_j = w_j − q_j
-          }
-          for (std::int64_t k = i + 1; k < s1; ++k) {
-            const float u = U(i, k);
-            float* xk = &work[static_cast<std::size_t>(k * ldw + r0)];
-            const float* ek = &err[at];
-            for (std::int64_t r = 0; r < nr; ++r) xk[r] -= ek[r] * u;
-          }
+          for (std::int64_t r = r0; r < r1; ++r)
+            for (std::int64_t i = s0; i < s1; ++i) c_perm[r * cols + i1 + i] = ct[static_cast<std::size_t>(i * ldw + r)];
         }
-        for (std::int64_t r = r0; r < r1; ++r)
-          for (std::int64_t i = s0; i < s1; ++i) c_perm[r * cols + i1 + i] = ct[static_cast<std::size_t>(i * ldw + r)];
-       }
       });
       // The rest of the block: work[s1:nb] −= U[s0:s1, s1:nb]ᵀ · err[s0:s1].
       linalg::gemm({.M = nb - s1, .N = rows, .K = s1 - s0, .a = &u_blk[static_cast<std::size_t>(s0 * ni + s1)],
@@ -295,8 +352,6 @@ inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t co
                     .a_km = true, .b_kn = true});
     }
   }
-  // The result in the original column order, from the codes (dequantizing gives the very q the
-  // loop used), into out.weight now that dt is no longer needed.
   // Params are constant over runs of `run` columns in factor order: a group (dynamic groups), a
   // whole row (per-channel) or one column (static groups follow the original columns).
   const std::int64_t run = opt.static_groups ? 1 : g;
@@ -329,9 +384,15 @@ inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t co
     for (std::int64_t j = 0; j < cols; ++j)
       out.group_index[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(invperm[static_cast<std::size_t>(j)] / g);
   }
-  if (opt.act_order) out.perm.assign(perm.begin(), perm.end());
+  if (opt.act_order) out.perm.assign(plan.perm.begin(), plan.perm.end());
   out.loss = std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
   return out;
+}
+
+inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t cols, const double* hessian,
+                           const GptqOptions& opt, std::string_view site = "layer") {
+  detail::check_finite_parallel(hessian, cols * cols, "Hessian", site);
+  return gptq_planned(w_in, rows, cols, plan_gptq(hessian, cols, opt, site), opt, site);
 }
 
 }  // namespace qforge::algorithms

@@ -62,12 +62,41 @@ inline std::vector<float> qep_correct(const float* w, std::int64_t rows, std::in
   return out;
 }
 
-// QEP then GPTQ on the corrected weight with H (GPTQ adds its own damping).
+// QEP then GPTQ on the corrected weight with H (GPTQ adds its own damping). When GPTQ's damped
+// factor is also QEP's (same relative damping, no dead columns, no retry), the correction is
+// never formed: ΔW = α Z H⁻¹ with Z = W H_δ is α (Z Pᵀ Ũ⁻ᵀ) Ũ⁻¹ P in GPTQ's factor, and GPTQ
+// takes Y = Z Pᵀ Ũ⁻ᵀ as a shift in its own basis (gptq.hpp). That saves QEP's factorisation and
+// one of its two triangular solves; otherwise the two steps run separately.
 inline QuantizedLayer qep_gptq(const float* w, std::int64_t rows, std::int64_t cols, const double* h,
                                const double* h_delta, const QepOptions& qep, const GptqOptions& gptq_opt,
                                std::string_view site = "layer") {
-  const auto corrected = qep_correct(w, rows, cols, h, h_delta, qep, site);
-  return gptq(corrected.data(), rows, cols, h, gptq_opt, site);
+  if (!qep.apply_correction || qep.correction_factor == 0.0) return gptq(w, rows, cols, h, gptq_opt, site);
+  const bool dynamic_groups = effective_group_size(gptq_opt.grid, cols, site) != cols && !gptq_opt.static_groups;
+  bool any_dead = false;
+  for (std::int64_t j = 0; j < cols && !any_dead; ++j) any_dead = h[j * cols + j] == 0.0;
+  if (!dynamic_groups || any_dead || qep.damping_factor != gptq_opt.percdamp) {
+    const auto corrected = qep_correct(w, rows, cols, h, h_delta, qep, site);
+    return gptq(corrected.data(), rows, cols, h, gptq_opt, site);
+  }
+  detail::check_finite_parallel(w, rows * cols, "weight", site);
+  detail::check_finite_parallel(h, cols * cols, "Hessian", site);
+  detail::check_finite_parallel(h_delta, cols * cols, "H_delta", site);
+  const GptqPlan plan = plan_gptq(h, cols, gptq_opt, site);
+  if (plan.retries > 0)  // QEP's own damping does not give a positive-definite matrix either
+    throw_error(Status::kNumericalError, "{}: QEP: H + {} x mean(diag) I is not positive definite; raise damping_factor",
+                site, qep.damping_factor);
+  // Y = W H_δ Pᵀ Ũ⁻ᵀ: H_δ's columns are read in factor order, then one triangular solve.
+  std::vector<float> hd_f(static_cast<std::size_t>(cols * cols));
+  parallel_for_each(cols, backend::num_threads(), [&](std::int64_t a) {
+    for (std::int64_t i = 0; i < cols; ++i) hd_f[static_cast<std::size_t>(a * cols + i)] = static_cast<float>(h_delta[a * cols + plan.col(i)]);
+  });
+  std::vector<float> y(static_cast<std::size_t>(rows * cols));
+  linalg::gemm({.M = rows, .N = cols, .K = cols, .a = w, .lda = cols, .b = hd_f.data(), .ldb = cols, .dst = y.data(),
+                .ldd = cols, .b_kn = true});
+  hd_f = {};
+  linalg::solve_right(plan.factor, y.data(), rows, cols, true);
+  detail::check_finite_parallel(y.data(), rows * cols, "QEP correction", site);
+  return gptq_planned(w, rows, cols, plan, gptq_opt, site, {y.data(), static_cast<float>(qep.correction_factor)});
 }
 
 }  // namespace qforge::algorithms
