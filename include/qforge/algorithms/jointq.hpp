@@ -1,11 +1,14 @@
-// JointQ as OneComp defines it (onecomp.md §1), on the CPU, one row per task (threaded).
+// JointQ as OneComp defines it (onecomp.md §1), on the CPU: rows in blocks, each row's search a
+// task (threaded), the from-scratch evaluations of a block's states float32 GEMMs on the backend.
 //
 // Per row i it minimises (w_i − ŵ_i) A (w_i − ŵ_i)ᵀ with ŵ = s_t · v (per group t, v integer
 // codes relative to the group's fixed zero point) and A = XX + nλR:
 //   R = I ("identity") or diag((XX_jj / mean diag XX)^γ) ("diagonal").
 // The solver works on OneComp's form yy − 2 b·ŵ + ŵ A ŵ (b = A w, the row of YX), keeps the
-// residual correlation r = b − A ŵ up to date incrementally (a group move costs O(d·m), its
-// objective change O(d²)) and never recomputes the objective from scratch inside the search.
+// residual correlation r = b − A ŵ = A (w − ŵ) up to date incrementally (a group move costs
+// O(d·m), its objective change O(d²)) and never recomputes the objective from scratch inside the
+// search. Each start is evaluated once from scratch, in float32 (StateEvaluator: the O(m²) work
+// per state, as GEMMs over a block of rows); the search then runs in double from there.
 // Candidates (each with a joint scale refit kept only when it helps), per-row best-of:
 //   clip-optimise (min/max rounding + one decoupled local search per group), clip-optimise-EP
 //   (groups in order, each searched then its error propagated to the unquantized columns, the
@@ -14,7 +17,8 @@
 //   maximises θ = q²/o followed by s = q/o, and after each sweep a joint least-squares refit of
 //   all the row's scales. Optionally an iterated local search (onecomp.md §1.7) on the worst rows.
 // Every step is accepted only when it lowers the row's objective, so the result is never worse
-// than any candidate, in particular than its own GPTQ start.
+// than any candidate, in particular than its own GPTQ start (objectives as evaluated: to float32
+// round-off, ~1e-6 relative, StateEvaluator).
 // jointq_error_propagation(): OneComp's separate "JointQ error propagation" re-quantization
 // (onecomp.md §1.9) of a stage-1 result against the quantized model's inputs.
 // Deviations from OneComp: docs/algorithms.md.
@@ -103,7 +107,7 @@ struct RowState {
   double obj = 0.0;
 };
 
-// Per-thread working set of the row being searched. refresh() fills av and gg for a state; the
+// Working set of one state being searched. StateEvaluator (or refresh()) fills av and gg; the
 // search then keeps them current: av[t] = (A + μI)[:, J_t] v_t (so R v_t = av[t][J_t] and
 // A ŵ = Σ_t s_t av[t]) and gg[u, t] = v_u·av[t][J_u], the Gram matrix of the scale refit.
 struct Scratch {
@@ -154,7 +158,8 @@ double objective_from_gram(const RowCtx& c, const RowState& st, Scratch& sc, con
   return c.yy - 2.0 * lin + quad;
 }
 
-// av, gg, r and the objective from scratch: the one O(m²) step per state.
+// av, gg, r and the objective from scratch in double, one state at a time (O(m²)): for
+// jointq_error_propagation's few states, whose b is not A w (JointQ's own go through StateEvaluator).
 inline void refresh(const RowCtx& c, RowState& st, Scratch& sc) {
   std::fill(sc.av.begin(), sc.av.end(), 0.0);
   for (std::int64_t t = 0; t < c.k; ++t) {
@@ -170,6 +175,76 @@ inline void refresh(const RowCtx& c, RowState& st, Scratch& sc) {
   for (std::int64_t t = 0; t < c.k; ++t) axpy(st.r.data(), -at(st.s, t), sc.col(t), c.m);
   st.obj = objective_from_gram(c, st, sc, [&](std::int64_t t) { return at(st.s, t); });
 }
+
+// JointQ's states evaluated from scratch a batch at a time in float32 GEMMs on the backend, in
+// place of refresh()'s per-state double pass over all of A (O(m²) per state, bound by streaming
+// A from memory): per state av[t] = A[:, J_t] v_t (one GEMM per group for the whole batch, K =
+// gs) and r = A (w − ŵ) (one GEMM, K = m); gg and obj = (w − ŵ)·r follow in double. A, the codes
+// and w − ŵ are rounded to float (codes exactly) and the GEMM sums in float, so an entry of av or
+// r is off by about √K·2⁻²⁴ of Σ_l |A_jl x_l|. r is formed from w − ŵ rather than as b − A ŵ,
+// which would cancel (b and A ŵ agree to within the quantization error), so its error is
+// relative to r's own scale and obj is good to ~1e-6 relative; the search then works from these values in double, and every
+// step it accepts lowers this objective. Needs μ = 0 (the regularisation is inside A). A batch's
+// results do not depend on how threads split the per-state work.
+class StateEvaluator {
+ public:
+  StateEvaluator(const MatrixXdR& a, const float* w, std::int64_t gs, std::int64_t k)
+      : a_(linalg::to_float(a)), w_(w), m_(a.rows()), gs_(gs), k_(k) {}
+
+  // Sets st[i]->r, st[i]->obj, sc[i]->av and sc[i]->gg from scratch; st[i] is a state of weight
+  // row rows[i].
+  void evaluate(const std::vector<RowState*>& st, const std::vector<std::int64_t>& rows, const std::vector<Scratch*>& sc,
+                int threads) {
+    const auto n = static_cast<std::int64_t>(st.size());
+    if (n == 0) return;
+    const auto plane = static_cast<std::size_t>(n * m_);
+    codes_.resize(plane);
+    errors_.resize(plane);
+    residuals_.resize(plane);
+    group_products_.resize(plane * static_cast<std::size_t>(k_));
+    parallel_for_each(n, threads, [&](std::int64_t i) { write_inputs(*st[static_cast<std::size_t>(i)], rows[static_cast<std::size_t>(i)], i); });
+    for (std::int64_t t = 0; t < k_; ++t)
+      linalg::gemm_nt(n, m_, gs_, codes_.data() + t * gs_, m_, a_.data() + t * gs_, m_, group_product(t, n, 0), m_, false);
+    linalg::gemm_nt(n, m_, m_, errors_.data(), m_, a_.data(), m_, residuals_.data(), m_, false);
+    parallel_for_each(n, threads, [&](std::int64_t i) {
+      read_outputs(*st[static_cast<std::size_t>(i)], rows[static_cast<std::size_t>(i)], *sc[static_cast<std::size_t>(i)], i, n);
+    });
+  }
+
+ private:
+  float* group_product(std::int64_t t, std::int64_t n, std::int64_t i) { return group_products_.data() + (t * n + i) * m_; }
+  const float* weight_row(std::int64_t r) const { return w_ + r * m_; }
+
+  void write_inputs(const RowState& st, std::int64_t row, std::int64_t i) {
+    const float* w = weight_row(row);
+    float* codes = codes_.data() + i * m_;
+    float* errors = errors_.data() + i * m_;
+    for (std::int64_t j = 0; j < m_; ++j) {
+      codes[j] = static_cast<float>(at(st.v, j));
+      errors[j] = static_cast<float>(w[j] - at(st.s, j / gs_) * at(st.v, j));
+    }
+  }
+
+  void read_outputs(RowState& st, std::int64_t row, Scratch& sc, std::int64_t i, std::int64_t n) {
+    for (std::int64_t t = 0; t < k_; ++t) {
+      const float* src = group_product(t, n, i);
+      std::copy(src, src + m_, sc.col(t));
+    }
+    for (std::int64_t t = 0; t < k_; ++t) update_gram_row(st, sc, t);
+    const float* w = weight_row(row);
+    const float* res = residuals_.data() + i * m_;
+    st.r.assign(res, res + m_);
+    double obj = 0.0;
+    for (std::int64_t j = 0; j < m_; ++j) obj += (w[j] - at(st.s, j / gs_) * at(st.v, j)) * at(st.r, j);
+    st.obj = obj;
+  }
+
+  std::vector<float> a_;  // A in float32, [m, m]
+  const float* w_;        // the weight, [rows, m]
+  std::int64_t m_, gs_, k_;
+  std::vector<float> codes_, errors_, residuals_;  // per batch: v, w − ŵ and A (w − ŵ), [n, m]
+  std::vector<float> group_products_;              // per batch: A[:, J_t] v_t, [k, n, m]
+};
 
 // ±1 local search for group t maximising θ = q²/o (q = h·v, o = v R v, R = A[J,J] + μI), from
 // the codes in vg (updated in place); rv0 = R vg (null: computed here). Leaves R v in sc.rv and
@@ -269,32 +344,36 @@ inline void sweep(const RowCtx& c, RowState& st, Scratch& sc) {
   }
 }
 
-// Joint closed-form refit of all scales: gg s = rhs, rhs_t = v_t·b_t. Kept only when the
-// objective falls. Needs sc current; O(m·k + k³).
+// Joint least-squares refit of all scales, as one Newton step from the current ones: in s the
+// objective has gradient −2g (g_t = v_t·r_{J_t}) and Hessian 2·gg, so the optimum is s + Δ with
+// gg Δ = g and the objective changes by Δᵀ gg Δ − 2 Δ·g. (The same optimum as the normal
+// equations gg s = (v_t·b_t)_t, but the change is formed from r, not as a difference of absolute
+// objectives that cancel against yy = w A w: r may come from a float32 GEMM, StateEvaluator.)
+// Kept only when the objective falls. Needs sc current; O(m·k + k³).
 inline bool refit_scales(const RowCtx& c, RowState& st, Scratch& sc) {
   const std::int64_t k = c.k, d = c.gs;
   Eigen::MatrixXd gg(k, k);
-  Eigen::VectorXd rhs(k);
+  Eigen::VectorXd g(k);
   for (std::int64_t t = 0; t < k; ++t) {
-    rhs[t] = dot(st.v.data() + t * d, c.b + t * d, d);
+    g[t] = dot(st.v.data() + t * d, st.r.data() + t * d, d);
     for (std::int64_t u = 0; u < k; ++u) gg(u, t) = sc.g(u, t);
   }
+  Eigen::MatrixXd system = gg;
   for (std::int64_t t = 0; t < k; ++t)
-    if (gg(t, t) == 0.0) {  // an all-zero group: its scale does not matter, keep it
-      gg(t, t) = 1.0;
-      rhs[t] = at(st.s, t);
+    if (system(t, t) == 0.0) {  // an all-zero group: its scale does not matter, keep it
+      system(t, t) = 1.0;
+      g[t] = 0.0;
     }
-  Eigen::LDLT<Eigen::MatrixXd> ldlt(gg);
+  Eigen::LDLT<Eigen::MatrixXd> ldlt(system);
   if (ldlt.info() != Eigen::Success) return false;
-  const Eigen::VectorXd s = ldlt.solve(rhs);
-  if (!s.allFinite()) return false;
-  const double obj = objective_from_gram(c, st, sc, [&](std::int64_t t) { return s[t]; });
-  if (!(obj < st.obj)) return false;
-  st.obj = obj;
-  st.r.assign(c.b, c.b + c.m);
+  const Eigen::VectorXd delta = ldlt.solve(g);
+  if (!delta.allFinite()) return false;
+  const double change = delta.dot(gg * delta) - 2.0 * delta.dot(g);
+  if (!(change < 0.0)) return false;
+  st.obj += change;
   for (std::int64_t t = 0; t < k; ++t) {
-    at(st.s, t) = s[t];
-    axpy(st.r.data(), -s[t], sc.col(t), c.m);
+    at(st.s, t) += delta[t];
+    axpy(st.r.data(), -delta[t], sc.col(t), c.m);
   }
   return true;
 }
@@ -428,15 +507,73 @@ inline std::optional<RowState> clip_optimize_ep(const RowCtx& c, const float* w,
   return st;
 }
 
+// Rows go through the search in fixed blocks, so that every from-scratch evaluation is a GEMM
+// over many states; the blocks do not depend on the thread count, nor then do the results.
+inline constexpr std::int64_t kRowBlock = 32;
+
+// Slots of states with their working sets, evaluated together and then searched independently.
+// A slot may be empty (a candidate that does not apply to its row).
+struct StateBatch {
+  std::vector<std::optional<RowState>> states;
+  std::vector<std::int64_t> rows;  // the weight row of each slot
+  std::vector<Scratch> scratch;
+  StateBatch(std::int64_t slots, std::int64_t m, std::int64_t gs, std::int64_t k)
+      : states(static_cast<std::size_t>(slots)), rows(static_cast<std::size_t>(slots), 0),
+        scratch(static_cast<std::size_t>(slots), Scratch(m, gs, k)) {}
+  std::optional<RowState>& state(std::int64_t i) { return states[static_cast<std::size_t>(i)]; }
+  Scratch& working_set(std::int64_t i) { return scratch[static_cast<std::size_t>(i)]; }
+  void clear() {
+    for (auto& st : states) st.reset();
+  }
+  void evaluate(StateEvaluator& ev, int threads) {
+    std::vector<RowState*> present;
+    std::vector<std::int64_t> present_rows;
+    std::vector<Scratch*> present_scratch;
+    for (std::size_t i = 0; i < states.size(); ++i)
+      if (states[i]) {
+        present.push_back(&*states[i]);
+        present_rows.push_back(rows[i]);
+        present_scratch.push_back(&scratch[i]);
+      }
+    ev.evaluate(present, present_rows, present_scratch, threads);
+  }
+};
+
+// One iterated-local-search clone of `cur`: each code set to 0 (ŵ = 0) with probability
+// `threshold`/2⁵³ from the (iteration, row, clone) stream; empty when nothing changed.
+inline std::optional<RowState> perturbed_clone(const RowState& cur, const RowCtx& c, std::uint64_t seed, int iteration,
+                                               std::int64_t r, int clone, std::uint64_t threshold) {
+  RowState st = cur;
+  std::uint64_t x = splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(iteration) * 0x100000001b3ULL ^
+                                                 splitmix64(static_cast<std::uint64_t>(r) * 131 + static_cast<std::uint64_t>(clone))));
+  bool changed = false;
+  for (std::int64_t j = 0; j < c.m; ++j) {
+    x = splitmix64(x);
+    if ((x >> 11) < threshold && at(st.v, j) != 0.0) {
+      const double z = at(st.zero, j / c.gs);
+      if (z >= c.lo && z <= c.hi) {  // v = 0 (ŵ = 0) is in range
+        at(st.v, j) = 0.0;
+        changed = true;
+      }
+    }
+  }
+  if (!changed) return std::nullopt;
+  return st;
+}
+
 // Iterated local search (onecomp.md §1.7): per iteration the worst rows are cloned, each clone's
-// codes are set to 0 (ŵ = 0) with a small probability, searched again, and the best clone
-// replaces the row when it is better. Random streams are per (iteration, row, clone).
-template <class CtxOf>
-std::int64_t iterated_local_search(std::vector<RowState>& states, const CtxOf& ctx_of, const JointqOptions& o, std::int64_t m,
-                                   std::int64_t gs, std::int64_t k, int threads) {
+// codes are set to 0 (ŵ = 0) with a small probability, evaluated from scratch (the clones of a
+// few rows in one batch), searched again, and the best clone replaces the row when its objective
+// is lower. Random streams are per (iteration, row, clone).
+inline std::int64_t iterated_local_search(std::vector<RowState>& states, const RowCtx& c, StateEvaluator& ev,
+                                          const JointqOptions& o, int threads) {
   const auto rows = static_cast<std::int64_t>(states.size());
+  const int clones = std::max(o.ils_clones, 0);
+  if (clones == 0) return 0;
   std::vector<std::int8_t> improved(static_cast<std::size_t>(rows), 0);
   const auto threshold = static_cast<std::uint64_t>(std::ldexp(std::clamp(o.ils_zero_probability, 0.0, 1.0), 53));
+  const std::int64_t rows_per_batch = std::max<std::int64_t>(1, kRowBlock / clones);
+  StateBatch batch(rows_per_batch * clones, c.m, c.gs, c.k);
   for (int it = 0; it < o.ils_iterations; ++it) {
     std::vector<std::int64_t> order(static_cast<std::size_t>(rows));
     std::iota(order.begin(), order.end(), 0);
@@ -444,41 +581,76 @@ std::int64_t iterated_local_search(std::vector<RowState>& states, const CtxOf& c
     std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
       return states[static_cast<std::size_t>(a)].obj > states[static_cast<std::size_t>(b)].obj;
     });
-    parallel_for_each(n, threads, [&](std::int64_t i) {
-      const std::int64_t r = order[static_cast<std::size_t>(i)];
-      const RowCtx c = ctx_of(r);
-      Scratch sc(m, gs, k);
-      RowState& cur = states[static_cast<std::size_t>(r)];
-      refresh(c, cur, sc);  // clones are compared on objectives computed from scratch
-      std::optional<RowState> best;
-      for (int cl = 0; cl < o.ils_clones; ++cl) {
-        RowState st = cur;
-        std::uint64_t x = splitmix64(o.ils_seed ^ splitmix64(static_cast<std::uint64_t>(it) * 0x100000001b3ULL ^
-                                                              splitmix64(static_cast<std::uint64_t>(r) * 131 + static_cast<std::uint64_t>(cl))));
-        bool changed = false;
-        for (std::int64_t j = 0; j < m; ++j) {
-          x = splitmix64(x);
-          if ((x >> 11) < threshold && at(st.v, j) != 0.0) {
-            const double z = at(st.zero, j / gs);
-            if (z >= c.lo && z <= c.hi) {  // v = 0 (ŵ = 0) is in range
-              at(st.v, j) = 0.0;
-              changed = true;
-            }
-          }
+    for (std::int64_t b0 = 0; b0 < n; b0 += rows_per_batch) {
+      const std::int64_t nb = std::min(rows_per_batch, n - b0);
+      auto row_of = [&](std::int64_t li) { return order[static_cast<std::size_t>(b0 + li)]; };
+      batch.clear();
+      parallel_for_each(nb * clones, threads, [&](std::int64_t i) {
+        const std::int64_t r = row_of(i / clones);
+        batch.rows[static_cast<std::size_t>(i)] = r;
+        batch.state(i) = perturbed_clone(states[static_cast<std::size_t>(r)], c, o.ils_seed, it, r, static_cast<int>(i % clones), threshold);
+      });
+      batch.evaluate(ev, threads);
+      parallel_for_each(nb * clones, threads, [&](std::int64_t i) {
+        if (auto& st = batch.state(i)) search(c, *st, batch.working_set(i), o.max_sweeps);
+      });
+      parallel_for_each(nb, threads, [&](std::int64_t li) {
+        const std::int64_t r = row_of(li);
+        RowState& cur = states[static_cast<std::size_t>(r)];
+        std::optional<RowState>* best = nullptr;
+        for (std::int64_t i = li * clones; i < (li + 1) * clones; ++i) {
+          auto& st = batch.state(i);
+          if (st && st->obj < cur.obj - 1e-12 * std::fabs(cur.obj) && (!best || st->obj < (*best)->obj)) best = &st;
         }
-        if (!changed) continue;
-        refresh(c, st, sc);
-        search(c, st, sc, o.max_sweeps);
-        refresh(c, st, sc);
-        if (st.obj < cur.obj - 1e-12 * std::fabs(cur.obj) && (!best || st.obj < best->obj)) best = std::move(st);
-      }
-      if (best) {
-        cur = std::move(*best);
-        improved[static_cast<std::size_t>(r)] = 1;
-      }
-    });
+        if (best) {
+          cur = std::move(**best);
+          improved[static_cast<std::size_t>(r)] = 1;
+        }
+      });
+    }
   }
   return std::count(improved.begin(), improved.end(), std::int8_t{1});
+}
+
+// Clip-optimise for one row: min/max rounding, then per group a ±1 local search with the coupling
+// between groups ignored (h = A[J,J] w_J).
+inline RowState clip_optimize(const RowCtx& c, const float* w, const QuantizedLayer& clip, std::int64_t r, Scratch& sc) {
+  RowState st = state_from_layer(clip, r);
+  for (std::int64_t t = 0; t < c.k; ++t) {
+    const std::int64_t off = t * c.gs;
+    for (std::int64_t kk = 0; kk < c.gs; ++kk) {
+      const double* a_row = c.a + (off + kk) * c.m + off;
+      double x = 0.0;
+      for (std::int64_t l = 0; l < c.gs; ++l) x += a_row[l] * static_cast<double>(w[off + l]);
+      at(sc.h, kk) = x;
+    }
+    double o = 0.0;
+    at(st.s, t) = local_search(c, t, sc.h.data(), st.v.data() + off, at(st.zero, t), sc, nullptr, o);
+  }
+  return st;
+}
+
+// Where a row's candidates come from.
+struct CandidateSources {
+  const float* w = nullptr;  // [rows, m]
+  const QuantizedLayer* clip = nullptr;
+  const QuantizedLayer* gptq = nullptr;
+  const QuantizedLayer* warm = nullptr;
+  const MatrixXdR* ep_factor = nullptr;  // U of clip_optimize_ep
+  GridSpec grid;
+};
+
+// Row r's candidate `which`, codes and scales only (empty: it does not apply to the row).
+inline std::optional<RowState> build_candidate(JointqCandidate which, const CandidateSources& src, const RowCtx& c,
+                                               std::int64_t r, Scratch& sc) {
+  const float* w = src.w + r * c.m;
+  switch (which) {
+    case JointqCandidate::kClip: return clip_optimize(c, w, *src.clip, r, sc);
+    case JointqCandidate::kClipEp: return clip_optimize_ep(c, w, *src.ep_factor, src.grid, sc);
+    case JointqCandidate::kGptq: return state_from_layer(*src.gptq, r);
+    case JointqCandidate::kWarm: return state_from_layer(*src.warm, r);
+  }
+  return std::nullopt;
 }
 
 // One fixed-λ JointQ run on already permuted inputs (integer grid). warm: an extra candidate.
@@ -488,7 +660,6 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
   JointqResult res;
   const int threads = o.threads > 0 ? o.threads : default_threads();
   const MatrixXdR a = regularise(xx, tokens, lambda, o);
-  const MatrixXdR b = times_gram(w.data(), rows, cols, a, threads);
   QuantizedLayer clip = quantize_rtn(w.data(), rows, cols, o.grid, site);
   std::optional<QuantizedLayer> gq;
   if (o.enable_gptq) {
@@ -505,21 +676,13 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
     u = ep_factor(a);
     if (!u) notes.push_back(fmt::format("{}: clip-optimize-EP skipped (regularised Gram matrix not factorable)", site));
   }
-  RowCtx base;
-  base.a = a.data();
-  base.m = cols;
-  base.gs = gs;
-  base.k = k;
-  base.lo = -(1 << (o.grid.bits - 1));
-  base.hi = (1 << (o.grid.bits - 1)) - 1;
-  auto ctx_of = [&](std::int64_t r) {
-    RowCtx c = base;
-    c.b = b.data() + r * cols;
-    double yy = 0.0;
-    for (std::int64_t j = 0; j < cols; ++j) yy += static_cast<double>(w[static_cast<std::size_t>(r * cols + j)]) * c.b[j];
-    c.yy = yy;
-    return c;
-  };
+  RowCtx c;
+  c.a = a.data();
+  c.m = cols;
+  c.gs = gs;
+  c.k = k;
+  c.lo = -(1 << (o.grid.bits - 1));
+  c.hi = (1 << (o.grid.bits - 1)) - 1;
   res.layer = clip;
   res.layer.notes = std::move(notes);
   if (gq) res.layer.notes.insert(res.layer.notes.end(), gq->notes.begin(), gq->notes.end());
@@ -529,62 +692,65 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
   res.row_candidate.assign(static_cast<std::size_t>(rows), 0);
   res.row_start_objective.assign(static_cast<std::size_t>(rows), 0.0);
   res.row_search_objective.assign(static_cast<std::size_t>(rows), 0.0);
+
+  std::vector<JointqCandidate> kinds;  // the candidates run, in the order ties are broken
+  if (o.enable_clip_optimize || (!gq && !u)) kinds.push_back(JointqCandidate::kClip);
+  if (u) kinds.push_back(JointqCandidate::kClipEp);
+  if (gq) kinds.push_back(JointqCandidate::kGptq);
+  if (warm) kinds.push_back(JointqCandidate::kWarm);
+  const auto nc = static_cast<std::int64_t>(kinds.size());
+  const CandidateSources src{w.data(), &clip, gq ? &*gq : nullptr, warm, u ? &*u : nullptr, o.grid};
+  StateEvaluator ev(a, w.data(), gs, k);
   std::vector<RowState> states(static_cast<std::size_t>(rows));
-  std::vector<RowState> gptq_states(gq ? static_cast<std::size_t>(rows) : 0);
-  parallel_for_each(rows, threads, [&](std::int64_t r) {
-    const RowCtx c = ctx_of(r);
-    Scratch sc(cols, gs, k), sbest(cols, gs, k);  // sbest: the working set of `best`
-    const float* wr = w.data() + r * cols;
-    RowState& best = states[static_cast<std::size_t>(r)];
-    bool have = false;
-    auto consider = [&](RowState st, JointqCandidate which, bool fresh) {
-      if (fresh) refresh(c, st, sc);
-      refit_scales(c, st, sc);
-      double& slot = res.row_candidate_objective[static_cast<std::size_t>(r * kJointqCandidates + static_cast<int>(which))];
-      if (!(slot <= st.obj)) slot = st.obj;
-      if (!have || st.obj < best.obj) {
-        best = std::move(st);
-        std::swap(sc, sbest);
-        res.row_candidate[static_cast<std::size_t>(r)] = static_cast<std::int8_t>(which);
-        have = true;
-      }
-    };
-    if (o.enable_clip_optimize || (!gq && !u)) {
-      RowState st = state_from_layer(clip, r);
-      // Decoupled local search per group: h = A[J,J] w_J (coupling between groups ignored).
-      for (std::int64_t t = 0; t < k; ++t) {
-        for (std::int64_t kk = 0; kk < gs; ++kk) {
-          double x = 0.0;
-          for (std::int64_t l = 0; l < gs; ++l) x += a(t * gs + kk, t * gs + l) * static_cast<double>(wr[t * gs + l]);
-          at(sc.h, kk) = x;
+  {
+    StateBatch batch(kRowBlock * nc, cols, gs, k);  // slot li·nc + ci: candidate kinds[ci] of row r0 + li
+    for (std::int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+      const std::int64_t nr = std::min(kRowBlock, rows - r0);
+      batch.clear();
+      parallel_for_each(nr * nc, threads, [&](std::int64_t i) {
+        const std::int64_t r = r0 + i / nc;
+        batch.rows[static_cast<std::size_t>(i)] = r;
+        batch.state(i) = build_candidate(kinds[static_cast<std::size_t>(i % nc)], src, c, r, batch.working_set(i));
+      });
+      batch.evaluate(ev, threads);
+      parallel_for_each(nr, threads, [&](std::int64_t li) {
+        const std::int64_t r = r0 + li;
+        const auto ri = static_cast<std::size_t>(r);
+        // Each candidate with its scale refit; the best one (the first on ties) is searched.
+        std::int64_t best = -1;
+        for (std::int64_t ci = 0; ci < nc; ++ci) {
+          auto& st = batch.state(li * nc + ci);
+          if (!st) continue;
+          const JointqCandidate which = kinds[static_cast<std::size_t>(ci)];
+          if (which == JointqCandidate::kGptq) res.row_gptq_objective[ri] = st->obj;
+          refit_scales(c, *st, batch.working_set(li * nc + ci));
+          double& slot = res.row_candidate_objective[ri * kJointqCandidates + static_cast<std::size_t>(which)];
+          if (!(slot <= st->obj)) slot = st->obj;
+          if (best < 0 || st->obj < batch.state(best)->obj) best = li * nc + ci;
         }
-        double ob = 0.0;
-        at(st.s, t) = local_search(c, t, sc.h.data(), st.v.data() + t * gs, at(st.zero, t), sc, nullptr, ob);
-      }
-      consider(std::move(st), JointqCandidate::kClip, true);
+        if (best < 0) throw_error(Status::kNumericalError, "{}: row {} has no JointQ candidate", site, r);
+        RowState& st = *batch.state(best);
+        res.row_candidate[ri] = static_cast<std::int8_t>(kinds[static_cast<std::size_t>(best % nc)]);
+        res.row_start_objective[ri] = st.obj;
+        search(c, st, batch.working_set(best), o.max_sweeps);
+        res.row_search_objective[ri] = st.obj;
+        std::vector<double>().swap(st.r);  // not needed again: release it (rows·m doubles in all)
+        states[ri] = std::move(st);
+      });
     }
-    if (u)
-      if (auto ep = clip_optimize_ep(c, wr, *u, o.grid, sc)) consider(std::move(*ep), JointqCandidate::kClipEp, true);
-    if (gq) {
-      RowState st = state_from_layer(*gq, r);
-      refresh(c, st, sc);
-      res.row_gptq_objective[static_cast<std::size_t>(r)] = st.obj;
-      gptq_states[static_cast<std::size_t>(r)] = st;
-      consider(std::move(st), JointqCandidate::kGptq, false);
-    }
-    if (warm) consider(state_from_layer(*warm, r), JointqCandidate::kWarm, true);
-    res.row_start_objective[static_cast<std::size_t>(r)] = best.obj;
-    search(c, best, sbest, o.max_sweeps);
-    res.row_search_objective[static_cast<std::size_t>(r)] = best.obj;
-  });
-  if (o.ils_enabled) res.ils_improved_rows = iterated_local_search(states, ctx_of, o, cols, gs, k, threads);
+  }
+  if (o.ils_enabled) res.ils_improved_rows = iterated_local_search(states, c, ev, o, threads);
   parallel_for_each(rows, threads, [&](std::int64_t r) {
-    const RowCtx c = ctx_of(r);
-    Scratch sc(cols, gs, k);
-    RowState& st = states[static_cast<std::size_t>(r)];
-    refresh(c, st, sc);  // the reported objective from scratch, free of incremental round-off
-    if (gq && st.obj > gptq_states[static_cast<std::size_t>(r)].obj) st = gptq_states[static_cast<std::size_t>(r)];
-    res.row_objective[static_cast<std::size_t>(r)] = st.obj;
+    const auto ri = static_cast<std::size_t>(r);
+    RowState& st = states[ri];
+    // The objective as the search kept it, not recomputed: every accepted step lowered it, and a
+    // recomputation would carry float32 round-off of its own (StateEvaluator). So the GPTQ
+    // fallback below is a guard that does not fire; it keeps the promise visible.
+    if (gq && st.obj > res.row_gptq_objective[ri]) {
+      st = state_from_layer(*gq, r);
+      st.obj = res.row_gptq_objective[ri];
+    }
+    res.row_objective[ri] = st.obj;
     write_row(res.layer, r, st, o.grid.bits);
   });
   res.layer.dequantize_all();
