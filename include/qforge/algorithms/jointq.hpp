@@ -211,6 +211,14 @@ class StateEvaluator {
     });
   }
 
+  // out[i, J_t] = A[J_t, J_t] x[i, J_t] for every group t, for rows × m inputs x (row-major).
+  void times_diagonal_blocks(const float* x, std::int64_t rows, float* out) const {
+    for (std::int64_t t = 0; t < k_; ++t) {
+      const std::int64_t off = t * gs_;
+      linalg::gemm_nt(rows, gs_, gs_, x + off, m_, a_.data() + off * m_ + off, m_, out + off, m_, false);
+    }
+  }
+
  private:
   float* group_product(std::int64_t t, std::int64_t n, std::int64_t i) { return group_products_.data() + (t * n + i) * m_; }
   const float* weight_row(std::int64_t r) const { return w_ + r * m_; }
@@ -612,20 +620,45 @@ inline std::int64_t iterated_local_search(std::vector<RowState>& states, const R
   return std::count(improved.begin(), improved.end(), std::int8_t{1});
 }
 
-// Clip-optimise for one row: min/max rounding, then per group a ±1 local search with the coupling
-// between groups ignored (h = A[J,J] w_J).
-inline RowState clip_optimize(const RowCtx& c, const float* w, const QuantizedLayer& clip, std::int64_t r, Scratch& sc) {
+// The clip-optimise candidate's group products for a block of rows, from float32 GEMMs: h =
+// A[J,J] w_J (its local search target, the coupling between groups ignored) and A[J,J] v_J for
+// the min/max-rounded codes v it starts from. Float round-off only steers this heuristic start;
+// the start is then evaluated like any other (StateEvaluator).
+struct ClipInputs {
+  std::int64_t r0 = 0, rows = 0, m = 0;  // the block: rows r0 .. r0 + rows
+  std::vector<float> inputs, products;  // [2·rows, m]: w then v, and their products (one GEMM per group)
+  void compute(const StateEvaluator& ev, const QuantizedLayer& clip, const float* w, std::int64_t first, std::int64_t n) {
+    r0 = first;
+    rows = n;
+    m = clip.cols;
+    inputs.resize(static_cast<std::size_t>(2 * rows * m));
+    products.resize(inputs.size());
+    std::copy(w + r0 * m, w + (r0 + rows) * m, inputs.begin());
+    float* codes = inputs.data() + rows * m;
+    for (std::int64_t i = 0; i < rows; ++i)
+      for (std::int64_t j = 0; j < m; ++j) {
+        const auto& pr = clip.params[static_cast<std::size_t>((r0 + i) * clip.groups + j / clip.group_size)];
+        codes[i * m + j] = static_cast<float>(clip.codes[static_cast<std::size_t>((r0 + i) * m + j)] - pr.zero);
+      }
+    ev.times_diagonal_blocks(inputs.data(), 2 * rows, products.data());
+  }
+  const float* h_of(std::int64_t r) const { return products.data() + (r - r0) * m; }
+  const float* rv_of(std::int64_t r) const { return products.data() + (rows + r - r0) * m; }
+};
+
+// Clip-optimise for one row: min/max rounding, then per group a ±1 local search towards h (the
+// coupling between groups ignored).
+inline RowState clip_optimize(const RowCtx& c, const ClipInputs& in, const QuantizedLayer& clip, std::int64_t r, Scratch& sc) {
   RowState st = state_from_layer(clip, r);
+  const float* h = in.h_of(r);
+  const float* rv = in.rv_of(r);
+  std::vector<double> rv0(static_cast<std::size_t>(c.gs));
   for (std::int64_t t = 0; t < c.k; ++t) {
     const std::int64_t off = t * c.gs;
-    for (std::int64_t kk = 0; kk < c.gs; ++kk) {
-      const double* a_row = c.a + (off + kk) * c.m + off;
-      double x = 0.0;
-      for (std::int64_t l = 0; l < c.gs; ++l) x += a_row[l] * static_cast<double>(w[off + l]);
-      at(sc.h, kk) = x;
-    }
+    std::copy(h + off, h + off + c.gs, sc.h.begin());
+    std::copy(rv + off, rv + off + c.gs, rv0.begin());
     double o = 0.0;
-    at(st.s, t) = local_search(c, t, sc.h.data(), st.v.data() + off, at(st.zero, t), sc, nullptr, o);
+    at(st.s, t) = local_search(c, t, sc.h.data(), st.v.data() + off, at(st.zero, t), sc, rv0.data(), o);
   }
   return st;
 }
@@ -634,6 +667,7 @@ inline RowState clip_optimize(const RowCtx& c, const float* w, const QuantizedLa
 struct CandidateSources {
   const float* w = nullptr;  // [rows, m]
   const QuantizedLayer* clip = nullptr;
+  const ClipInputs* clip_inputs = nullptr;  // for the current block of rows
   const QuantizedLayer* gptq = nullptr;
   const QuantizedLayer* warm = nullptr;
   const MatrixXdR* ep_factor = nullptr;  // U of clip_optimize_ep
@@ -645,7 +679,7 @@ inline std::optional<RowState> build_candidate(JointqCandidate which, const Cand
                                                std::int64_t r, Scratch& sc) {
   const float* w = src.w + r * c.m;
   switch (which) {
-    case JointqCandidate::kClip: return clip_optimize(c, w, *src.clip, r, sc);
+    case JointqCandidate::kClip: return clip_optimize(c, *src.clip_inputs, *src.clip, r, sc);
     case JointqCandidate::kClipEp: return clip_optimize_ep(c, w, *src.ep_factor, src.grid, sc);
     case JointqCandidate::kGptq: return state_from_layer(*src.gptq, r);
     case JointqCandidate::kWarm: return state_from_layer(*src.warm, r);
@@ -699,14 +733,16 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
   if (gq) kinds.push_back(JointqCandidate::kGptq);
   if (warm) kinds.push_back(JointqCandidate::kWarm);
   const auto nc = static_cast<std::int64_t>(kinds.size());
-  const CandidateSources src{w.data(), &clip, gq ? &*gq : nullptr, warm, u ? &*u : nullptr, o.grid};
   StateEvaluator ev(a, w.data(), gs, k);
+  ClipInputs clip_inputs;
+  const CandidateSources src{w.data(), &clip, &clip_inputs, gq ? &*gq : nullptr, warm, u ? &*u : nullptr, o.grid};
   std::vector<RowState> states(static_cast<std::size_t>(rows));
   {
     StateBatch batch(kRowBlock * nc, cols, gs, k);  // slot li·nc + ci: candidate kinds[ci] of row r0 + li
     for (std::int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
       const std::int64_t nr = std::min(kRowBlock, rows - r0);
       batch.clear();
+      if (kinds.front() == JointqCandidate::kClip) clip_inputs.compute(ev, clip, w.data(), r0, nr);
       parallel_for_each(nr * nc, threads, [&](std::int64_t i) {
         const std::int64_t r = r0 + i / nc;
         batch.rows[static_cast<std::size_t>(i)] = r;
