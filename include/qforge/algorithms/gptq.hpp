@@ -13,9 +13,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <memory>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Cholesky>
@@ -155,23 +155,265 @@ inline void check_finite_parallel(const auto* v, std::int64_t n, std::string_vie
   });
 }
 
+// The in-block state and steps of one GPTQ run (gptq_planned below explains the arithmetic).
 // Block buffers are column-major ([column][row]) so that the per-column work, which is the same
-// for every row, vectorises across rows. Rows are split into tasks of kRowsPerTask.
-inline constexpr std::int64_t kGptqRowsPerTask = 64, kGptqSubBlock = 16;
+// for every row, vectorises across rows; rows are split into tasks of kRowsPerTask, and within a
+// block each thread keeps a fixed range of tasks, so it finds its rows in its own cache from one
+// sub-block to the next.
+class GptqRun {
+ public:
+  static constexpr std::int64_t kRowsPerTask = 64, kSubBlock = 16;
 
-// The params of a dynamic group starting at block column i for the task's rows [r0, r1): the
-// group's values are gathered column by column (contiguous reads) into a row-major tile small
-// enough for L1, then each row's params come from its own contiguous values. values(c, r) gives
-// the value the reference reads for block column c and row r.
-template <class Values>
-void dynamic_group_params(const GridSpec& grid, std::int64_t g, std::int64_t i, std::int64_t r0, std::int64_t r1,
-                          Values&& values, std::vector<float>& tile, auto&& set_params) {
-  const std::int64_t nr = r1 - r0;
-  tile.resize(static_cast<std::size_t>(nr * g));
-  for (std::int64_t k = 0; k < g; ++k) values(i + k, r0, r1, [&](std::int64_t r, float v) { tile[static_cast<std::size_t>((r - r0) * g + k)] = v; });
-  for (std::int64_t r = r0; r < r1; ++r)
-    set_params(r, find_params(grid, {&tile[static_cast<std::size_t>((r - r0) * g)], static_cast<std::size_t>(g)}));
-}
+  GptqRun(const float* w, std::int64_t rows, std::int64_t cols, const GptqPlan& plan, const GptqOptions& opt,
+          std::string_view site, GptqShift shift)
+      : w_(w), rows_(rows), cols_(cols), plan_(plan), opt_(opt), site_(site), shift_(shift),
+        out_(make_layer(opt.grid, rows, cols, site)), g_(out_.group_size), per_channel_(g_ == cols),
+        dynamic_groups_(!per_channel_ && !opt.static_groups), tasks_((rows + kRowsPerTask - 1) / kRowsPerTask),
+        threads_(static_cast<int>(std::min<std::int64_t>(backend::num_threads(), tasks_))),
+        ldw_((rows + 15) / 16 * 16 + 16), params_(rows), row_loss_(static_cast<std::size_t>(rows), 0.0) {
+    out_.damp_used = plan.damp_used;
+    out_.notes.insert(out_.notes.end(), plan.notes.begin(), plan.notes.end());
+    if (opt.block_size <= 0) throw_error(Status::kInvalidArgument, "{}: block size must be positive", site);
+    if (shift.y && !dynamic_groups_)
+      throw_error(Status::kInvalidArgument, "{}: a shifted GPTQ needs dynamic groups (its params read the shifted W)", site);
+    check_finite_parallel(w, rows * cols, "weight", site);
+    fixed_params();
+    load_weight();
+  }
+
+  void run_block(std::int64_t i1) {
+    i1_ = i1;
+    i2_ = std::min(i1 + opt_.block_size, cols_);
+    nb_ = i2_ - i1_;
+    load_block_values();
+    for (std::int64_t s0 = 0; s0 < nb_; s0 += kSubBlock) {
+      const std::int64_t s1 = std::min(s0 + kSubBlock, nb_);
+      parallel_for_each(threads_, threads_, [&](std::int64_t part) {
+        std::vector<float> tile;
+        for (std::int64_t task = part * tasks_ / threads_; task < (part + 1) * tasks_ / threads_; ++task)
+          quantize_task(task, s0, s1, tile);
+      });
+      update_rest_of_block(s0, s1);
+    }
+  }
+
+  QuantizedLayer finish() {
+    write_result();
+    if (opt_.static_groups) {
+      out_.params = static_params_;
+    } else if (per_channel_) {
+      out_.params = row_params_;  // one group per row, fixed before the first column
+    } else if (opt_.act_order) {
+      std::vector<std::int64_t> invperm(static_cast<std::size_t>(cols_));
+      for (std::int64_t j = 0; j < cols_; ++j) invperm[static_cast<std::size_t>(col(j))] = j;
+      for (std::int64_t j = 0; j < cols_; ++j)
+        out_.group_index[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(invperm[static_cast<std::size_t>(j)] / g_);
+    }
+    if (opt_.act_order) out_.perm.assign(plan_.perm.begin(), plan_.perm.end());
+    out_.loss = std::accumulate(row_loss_.begin(), row_loss_.end(), 0.0);
+    return std::move(out_);
+  }
+
+ private:
+  std::int64_t col(std::int64_t j) const { return plan_.col(j); }
+  // Step 3's dead columns read as zero (step 2 reads the original W).
+  float w_at(std::int64_t r, std::int64_t j) const { return plan_.dead[static_cast<std::size_t>(j)] ? 0.0f : w_[r * cols_ + j]; }
+  float u(std::int64_t a, std::int64_t b) const { return u_blk_[static_cast<std::size_t>(a * ni_ + b)]; }
+  std::pair<std::int64_t, std::int64_t> task_rows(std::int64_t task) const {
+    return {task * kRowsPerTask, std::min(rows_, (task + 1) * kRowsPerTask)};
+  }
+
+  // Step 2: per-channel params over the original W (before dead columns are zeroed); step 4:
+  // static groups over the original column groups (dead columns zeroed).
+  void fixed_params() {
+    if (per_channel_ && !opt_.static_groups) {
+      for (std::int64_t r = 0; r < rows_; ++r) {
+        row_params_.push_back(find_params(opt_.grid, {w_ + r * cols_, static_cast<std::size_t>(cols_)}));
+        params_.set(r, row_params_.back());
+      }
+    }
+    if (opt_.static_groups) {
+      std::vector<float> grp(static_cast<std::size_t>(g_));
+      for (std::int64_t r = 0; r < rows_; ++r)
+        for (std::int64_t t = 0; t < out_.groups; ++t) {
+          for (std::int64_t k = 0; k < g_; ++k) grp[static_cast<std::size_t>(k)] = w_at(r, t * g_ + k);
+          static_params_.push_back(find_params(opt_.grid, grp));
+        }
+    }
+  }
+
+  // dt[cols, rows]: column j (in the factor's order, dead columns zero) of W as row j, which
+  // becomes d_j = w_j − q_j once the column is quantized. It lives in out.weight's storage (the
+  // same size), which is filled with the dequantized result at the end: a GPTQ of a large layer
+  // spends a noticeable part of its time first-touching fresh pages, so no n×n scratch is added.
+  // Codes are kept in the factor's column order and put back at the end under act-order.
+  void load_weight() {
+    dt_ = out_.weight.data();
+    parallel_for_each(tasks_, backend::num_threads(), [&](std::int64_t task) {
+      const auto [r0, r1] = task_rows(task);
+      for (std::int64_t j = 0; j < cols_; ++j) {
+        const std::int64_t c = col(j);
+        for (std::int64_t r = r0; r < r1; ++r) dt_[j * rows_ + r] = w_at(r, c);
+      }
+    });
+    if (opt_.act_order) codes_perm_.resize(static_cast<std::size_t>(rows_ * cols_));
+    c_perm_ = opt_.act_order ? codes_perm_.data() : out_.codes.data();
+  }
+
+  // work = (w_I + d_{<i1} Ũ_{<i1, I} U_II + alpha Y_I U_II)ᵀ over I = the block's columns and
+  // those of groups starting in it: the values the reference's W holds at this block's start.
+  // V = Ũ_{<i1, I} U_II is small; work += Vᵀ · dt[<i1] has every earlier column as inner size.
+  void load_block_values() {
+    std::int64_t i_end = i2_;
+    if (dynamic_groups_)
+      for (std::int64_t j = i1_; j < i2_; ++j)
+        if (j % g_ == 0) i_end = std::max(i_end, std::min(cols_, j + g_));
+    ni_ = i_end - i1_;
+    const linalg::UpperCholesky& f = plan_.factor;
+    u_blk_ = linalg::to_float(linalg::inverse_of_diagonal_block(f, i1_, i_end));
+    work_.resize(static_cast<std::size_t>(ni_ * ldw_));
+    for (std::int64_t i = 0; i < ni_; ++i)
+      std::copy_n(dt_ + (i1_ + i) * rows_, rows_, &work_[static_cast<std::size_t>(i * ldw_)]);
+    if (i1_ > 0) {
+      v_.resize(static_cast<std::size_t>(i1_ * ni_));
+      linalg::gemm({.M = i1_, .N = ni_, .K = ni_, .a = &f.u[static_cast<std::size_t>(i1_)], .lda = cols_,
+                    .b = u_blk_.data(), .ldb = ni_, .dst = v_.data(), .ldd = ni_, .b_kn = true});
+      linalg::gemm({.M = ni_, .N = rows_, .K = i1_, .a = v_.data(), .lda = ni_, .b = dt_, .ldb = rows_,
+                    .dst = work_.data(), .ldd = ldw_, .accumulate = true, .a_km = true, .b_kn = true});
+    }
+    if (shift_.y)
+      linalg::gemm({.M = ni_, .N = rows_, .K = ni_, .a = u_blk_.data(), .lda = ni_, .b = shift_.y + i1_, .ldb = cols_,
+                    .dst = work_.data(), .ldd = ldw_, .accumulate = true, .alpha = shift_.alpha, .a_km = true});
+    if (dynamic_groups_ && !opt_.fresh_group_params) stale_ = work_;  // what the reference's global W holds (P5)
+    err_.resize(static_cast<std::size_t>(nb_ * ldw_));
+    qt_.resize(static_cast<std::size_t>(nb_ * ldw_));
+    ct_.resize(static_cast<std::size_t>(nb_ * ldw_));
+  }
+
+  // Block columns [s0, s1) for one task's rows: params where a group starts, then per column the
+  // quantization and the reference's update of the rest of the sub-block,
+  // work[k] −= ε · U[i, k] with ε = (x − q) / U[i, i].
+  void quantize_task(std::int64_t task, std::int64_t s0, std::int64_t s1, std::vector<float>& tile) {
+    const auto [r0, r1] = task_rows(task);
+    const std::int64_t nr = r1 - r0;
+    for (std::int64_t i = s0; i < s1; ++i) {
+      const std::int64_t j = i1_ + i;
+      if (opt_.static_groups) {
+        for (std::int64_t r = r0; r < r1; ++r)
+          params_.set(r, static_params_[static_cast<std::size_t>(r * out_.groups + col(j) / g_)]);
+      } else if (dynamic_groups_ && j % g_ == 0) {
+        group_params(i, s0, s1, r0, r1, tile);
+      }
+      const std::size_t at = static_cast<std::size_t>(i * ldw_ + r0);
+      const float* x = &work_[at];
+      const float* q = &qt_[at];
+      quantize_values(opt_.grid, params_, r0, r1, x, &qt_[at], &ct_[at]);
+      const float d = u(i, i);
+      const double inv_2d2 = 1.0 / (static_cast<double>(d) * d) / 2.0;
+      float* dj = dt_ + j * rows_ + r0;
+      for (std::int64_t r = 0; r < nr; ++r) {
+        const float e = x[r] - q[r];
+        row_loss_[static_cast<std::size_t>(r0 + r)] += static_cast<double>(e) * e * inv_2d2;
+        err_[at + r] = e / d;
+        dj[r] -= q[r];  // d_j = w_j − q_j
+      }
+      for (std::int64_t k = i + 1; k < s1; ++k) {
+        const float uk = u(i, k);
+        float* xk = &work_[static_cast<std::size_t>(k * ldw_ + r0)];
+        const float* ek = &err_[at];
+        for (std::int64_t r = 0; r < nr; ++r) xk[r] -= ek[r] * uk;
+      }
+    }
+    for (std::int64_t r = r0; r < r1; ++r)
+      for (std::int64_t i = s0; i < s1; ++i) c_perm_[r * cols_ + i1_ + i] = ct_[static_cast<std::size_t>(i * ldw_ + r)];
+  }
+
+  // The params of the dynamic group starting at block column i, for rows [r0, r1), from the
+  // values the reference reads: stale (P5), or with every update so far (the fresh fix), those
+  // applied to work plus those still pending. The group's values are gathered column by column
+  // (contiguous reads) into a row-major tile small enough for L1, then each row's params come
+  // from its own contiguous values.
+  void group_params(std::int64_t i, std::int64_t s0, std::int64_t s1, std::int64_t r0, std::int64_t r1,
+                    std::vector<float>& tile) {
+    const std::int64_t nr = r1 - r0, j = i1_ + i;
+    tile.resize(static_cast<std::size_t>(nr * g_));
+    for (std::int64_t k = 0; k < g_; ++k) {
+      const std::int64_t c = i + k;  // block-relative column
+      const float* src = &(opt_.fresh_group_params ? work_ : stale_)[static_cast<std::size_t>(c * ldw_)];
+      const std::int64_t pending_from = !opt_.fresh_group_params ? i : c < s1 ? i : c < nb_ ? s0 : 0;
+      for (std::int64_t r = r0; r < r1; ++r) {
+        float x = src[r];
+        for (std::int64_t e = pending_from; e < i; ++e) x -= err_[static_cast<std::size_t>(e * ldw_ + r)] * u(e, c);
+        tile[static_cast<std::size_t>((r - r0) * g_ + k)] = x;
+      }
+    }
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const GroupParams p = find_params(opt_.grid, {&tile[static_cast<std::size_t>((r - r0) * g_)], static_cast<std::size_t>(g_)});
+      params_.set(r, p);
+      out_.params[static_cast<std::size_t>(r * out_.groups + j / g_)] = p;
+    }
+  }
+
+  // The rest of the block: work[s1:nb] −= U[s0:s1, s1:nb]ᵀ · err[s0:s1].
+  void update_rest_of_block(std::int64_t s0, std::int64_t s1) {
+    linalg::gemm({.M = nb_ - s1, .N = rows_, .K = s1 - s0, .a = &u_blk_[static_cast<std::size_t>(s0 * ni_ + s1)],
+                  .lda = ni_, .b = &err_[static_cast<std::size_t>(s0 * ldw_)], .ldb = ldw_,
+                  .dst = &work_[static_cast<std::size_t>(s1 * ldw_)], .ldd = ldw_, .accumulate = true, .alpha = -1.0f,
+                  .a_km = true, .b_kn = true});
+  }
+
+  // The result in the original column order, from the codes (dequantizing gives the very q the
+  // loop used), into out.weight now that dt is no longer needed. Params are constant over runs
+  // of `run` columns in factor order: a group (dynamic groups), a whole row (per-channel) or one
+  // column (static groups follow the original columns).
+  void write_result() {
+    const std::int64_t run = opt_.static_groups ? 1 : g_;
+    const auto params_at = [&](std::int64_t r, std::int64_t j) -> const GroupParams& {  // j in factor order
+      if (opt_.static_groups) return static_params_[static_cast<std::size_t>(r * out_.groups + col(j) / g_)];
+      if (per_channel_) return row_params_[static_cast<std::size_t>(r)];
+      return out_.params[static_cast<std::size_t>(r * out_.groups + j / g_)];
+    };
+    parallel_for_each(rows_, backend::num_threads(), [&](std::int64_t r) {
+      for (std::int64_t j0 = 0; j0 < cols_; j0 += run) {
+        const GroupParams& p = params_at(r, j0);
+        for (std::int64_t j = j0; j < j0 + run; ++j) {
+          const std::int8_t c = c_perm_[r * cols_ + j];
+          const float q = dequantize_code(opt_.grid, p, c);
+          if (!std::isfinite(q))
+            throw_error(Status::kNumericalError, "{}: quantized weight holds NaN or Inf (row {}, column {})", site_, r,
+                        col(j));
+          const auto dst = static_cast<std::size_t>(r * cols_ + col(j));
+          out_.codes[dst] = c;
+          out_.weight[dst] = q;
+        }
+      }
+    });
+  }
+
+  const float* w_;
+  std::int64_t rows_, cols_;
+  const GptqPlan& plan_;
+  const GptqOptions& opt_;
+  std::string_view site_;
+  GptqShift shift_;
+  QuantizedLayer out_;
+  std::int64_t g_;
+  bool per_channel_, dynamic_groups_;
+  std::int64_t tasks_;
+  int threads_;
+  // Column stride of the block buffers, padded off a multiple of 4 KiB: a task's few columns
+  // would otherwise all map to the same L1 sets and evict each other.
+  std::int64_t ldw_;
+  ParamColumns params_;
+  std::vector<double> row_loss_;
+  std::vector<GroupParams> row_params_, static_params_;
+  float* dt_ = nullptr;
+  std::vector<std::int8_t> codes_perm_;
+  std::int8_t* c_perm_ = nullptr;
+  std::int64_t i1_ = 0, i2_ = 0, nb_ = 0, ni_ = 0;  // the block, and the columns it reads
+  std::vector<float> u_blk_, work_, stale_, err_, qt_, v_;
+  std::vector<std::int8_t> ct_;
+};
 }  // namespace detail
 
 // GPTQ in the factor's own basis. With d = W − Q (original weight minus quantized, per column),
@@ -189,204 +431,9 @@ void dynamic_group_params(const GridSpec& grid, std::int64_t g, std::int64_t i, 
 // d keeps using the unshifted W.
 inline QuantizedLayer gptq_planned(const float* w_in, std::int64_t rows, std::int64_t cols, const GptqPlan& plan,
                                    const GptqOptions& opt, std::string_view site, GptqShift shift = {}) {
-  using detail::kGptqRowsPerTask, detail::kGptqSubBlock;
-  QuantizedLayer out = make_layer(opt.grid, rows, cols, site);
-  out.damp_used = plan.damp_used;
-  out.notes.insert(out.notes.end(), plan.notes.begin(), plan.notes.end());
-  const std::int64_t g = out.group_size;
-  const bool per_channel = g == cols;
-  const bool dynamic_groups = !per_channel && !opt.static_groups;
-  if (opt.block_size <= 0) throw_error(Status::kInvalidArgument, "{}: block size must be positive", site);
-  if (shift.y && !dynamic_groups)
-    throw_error(Status::kInvalidArgument, "{}: a shifted GPTQ needs dynamic groups (its params read the shifted W)", site);
-  detail::check_finite_parallel(w_in, rows * cols, "weight", site);
-  const linalg::UpperCholesky& f = plan.factor;
-  const auto col = [&](std::int64_t j) { return plan.col(j); };
-  // Step 3's dead columns read as zero (step 2 below reads the original W).
-  const auto w_at = [&](std::int64_t r, std::int64_t j) {
-    return plan.dead[static_cast<std::size_t>(j)] ? 0.0f : w_in[r * cols + j];
-  };
-
-  // Step 2: per-channel params over the original W (before dead columns are zeroed).
-  std::vector<GroupParams> row_params;
-  if (per_channel && !opt.static_groups)
-    for (std::int64_t r = 0; r < rows; ++r) row_params.push_back(find_params(opt.grid, {w_in + r * cols, static_cast<std::size_t>(cols)}));
-  // Step 4: static groups over the original column groups (dead columns zeroed).
-  std::vector<GroupParams> static_params;
-  if (opt.static_groups) {
-    std::vector<float> grp(static_cast<std::size_t>(g));
-    for (std::int64_t r = 0; r < rows; ++r)
-      for (std::int64_t t = 0; t < out.groups; ++t) {
-        for (std::int64_t k = 0; k < g; ++k) grp[static_cast<std::size_t>(k)] = w_at(r, t * g + k);
-        static_params.push_back(find_params(opt.grid, grp));
-      }
-  }
-
-  // dt[cols, rows]: column j (in the factor's order, dead columns zero) of W as row j, which
-  // becomes d_j = w_j − q_j once the column is quantized. It lives in out.weight's storage (the
-  // same size), which is filled with the dequantized result at the end: a GPTQ of a large layer
-  // spends a noticeable part of its time first-touching fresh pages, so no n×n scratch is added.
-  float* dt = out.weight.data();
-  const std::int64_t tasks = (rows + kGptqRowsPerTask - 1) / kGptqRowsPerTask;
-  const int threads = static_cast<int>(std::min<std::int64_t>(backend::num_threads(), tasks));
-  parallel_for_each(tasks, backend::num_threads(), [&](std::int64_t task) {
-    const std::int64_t r0 = task * kGptqRowsPerTask, r1 = std::min(rows, r0 + kGptqRowsPerTask);
-    for (std::int64_t j = 0; j < cols; ++j) {
-      const std::int64_t c = col(j);
-      for (std::int64_t r = r0; r < r1; ++r) dt[j * rows + r] = w_at(r, c);
-    }
-  });
-  // Codes in the factor's column order; under act-order they are put back at the end.
-  std::vector<std::int8_t> codes_perm(opt.act_order ? static_cast<std::size_t>(rows * cols) : 0);
-  std::int8_t* c_perm = opt.act_order ? codes_perm.data() : out.codes.data();
-
-  // Column stride of the block buffers, padded off a multiple of 4 KiB: a task's few columns
-  // would otherwise all map to the same L1 sets and evict each other.
-  const std::int64_t ldw = (rows + 15) / 16 * 16 + 16;
-  std::vector<float> work, stale, err, qt, v;
-  std::vector<std::int8_t> ct;
-  std::vector<double> row_loss(static_cast<std::size_t>(rows), 0.0);
-  ParamColumns params(rows);
-  if (!row_params.empty())
-    for (std::int64_t r = 0; r < rows; ++r) params.set(r, row_params[static_cast<std::size_t>(r)]);
-  const auto set_group_params = [&](std::int64_t j) {
-    return [&, j](std::int64_t r, const GroupParams& p) {
-      params.set(r, p);
-      out.params[static_cast<std::size_t>(r * out.groups + j / g)] = p;
-    };
-  };
-  for (std::int64_t i1 = 0; i1 < cols; i1 += opt.block_size) {
-    const std::int64_t i2 = std::min(i1 + opt.block_size, cols), nb = i2 - i1;
-    // Columns whose working values this block reads: its own, and those of groups starting in it.
-    std::int64_t i_end = i2;
-    if (dynamic_groups)
-      for (std::int64_t j = i1; j < i2; ++j)
-        if (j % g == 0) i_end = std::max(i_end, std::min(cols, j + g));
-    const std::int64_t ni = i_end - i1;
-    const std::vector<float> u_blk = linalg::to_float(linalg::inverse_of_diagonal_block(f, i1, i_end));  // U_II
-    const auto U = [&](std::int64_t a, std::int64_t b) { return u_blk[static_cast<std::size_t>(a * ni + b)]; };
-
-    // work = (w_I + d_{<i1} Ũ_{<i1, I} U_II + alpha Y_I U_II)ᵀ: the block's values with every
-    // earlier column's update, as the reference's W holds them at this block's start. V =
-    // Ũ_{<i1, I} U_II is small; work += Vᵀ · dt[<i1] has every earlier column as inner size.
-    work.resize(static_cast<std::size_t>(ni * ldw));
-    for (std::int64_t i = 0; i < ni; ++i) std::copy_n(dt + (i1 + i) * rows, rows, &work[static_cast<std::size_t>(i * ldw)]);
-    if (i1 > 0) {
-      v.resize(static_cast<std::size_t>(i1 * ni));
-      linalg::gemm({.M = i1, .N = ni, .K = ni, .a = &f.u[static_cast<std::size_t>(i1)], .lda = cols, .b = u_blk.data(),
-                    .ldb = ni, .dst = v.data(), .ldd = ni, .b_kn = true});
-      linalg::gemm({.M = ni, .N = rows, .K = i1, .a = v.data(), .lda = ni, .b = dt, .ldb = rows, .dst = work.data(),
-                    .ldd = ldw, .accumulate = true, .a_km = true, .b_kn = true});
-    }
-    if (shift.y)
-      linalg::gemm({.M = ni, .N = rows, .K = ni, .a = u_blk.data(), .lda = ni, .b = shift.y + i1, .ldb = cols,
-                    .dst = work.data(), .ldd = ldw, .accumulate = true, .alpha = shift.alpha, .a_km = true});
-    if (dynamic_groups && !opt.fresh_group_params) stale = work;  // what the reference's global W holds (P5)
-    err.resize(static_cast<std::size_t>(nb * ldw));
-    qt.resize(static_cast<std::size_t>(nb * ldw));
-    ct.resize(static_cast<std::size_t>(nb * ldw));
-
-    for (std::int64_t s0 = 0; s0 < nb; s0 += kGptqSubBlock) {
-      const std::int64_t s1 = std::min(s0 + kGptqSubBlock, nb);
-      // The value the reference reads for a group's block column c: stale (P5), or with every
-      // update so far, those applied to work plus those still pending (the fresh fix).
-      const auto group_values = [&](std::int64_t i) {
-        return [&, i](std::int64_t c, std::int64_t r0, std::int64_t r1, auto&& put) {
-          const float* src = &(opt.fresh_group_params ? work : stale)[static_cast<std::size_t>(c * ldw)];
-          if (!opt.fresh_group_params) {
-            for (std::int64_t r = r0; r < r1; ++r) put(r, src[r]);
-            return;
-          }
-          const std::int64_t pending_from = c < s1 ? i : c < nb ? s0 : 0;
-          for (std::int64_t r = r0; r < r1; ++r) {
-            float x = src[r];
-            for (std::int64_t e = pending_from; e < i; ++e) x -= err[static_cast<std::size_t>(e * ldw + r)] * U(e, c);
-            put(r, x);
-          }
-        };
-      };
-      // One item per thread, each a fixed contiguous range of row tasks: a thread then finds its
-      // rows of work in its own cache from one sub-block to the next.
-      parallel_for_each(threads, threads, [&](std::int64_t part) {
-        std::vector<float> tile;
-        for (std::int64_t task = part * tasks / threads; task < (part + 1) * tasks / threads; ++task) {
-          const std::int64_t r0 = task * kGptqRowsPerTask, r1 = std::min(rows, r0 + kGptqRowsPerTask), nr = r1 - r0;
-          for (std::int64_t i = s0; i < s1; ++i) {
-            const std::int64_t j = i1 + i;
-            if (opt.static_groups) {
-              for (std::int64_t r = r0; r < r1; ++r)
-                params.set(r, static_params[static_cast<std::size_t>(r * out.groups + col(j) / g)]);
-            } else if (dynamic_groups && j % g == 0) {
-              detail::dynamic_group_params(opt.grid, g, i, r0, r1, group_values(i), tile, set_group_params(j));
-            }
-            // Quantize column i for the task's rows, then the reference's update of the rest of
-            // the sub-block: work[k] −= ε · U[i, k] with ε = (x − q) / U[i, i].
-            const std::size_t at = static_cast<std::size_t>(i * ldw + r0);
-            const float* x = &work[at];
-            const float* q = &qt[at];
-            quantize_values(opt.grid, params, r0, r1, x, &qt[at], &ct[at]);
-            const float d = U(i, i);
-            const double inv_2d2 = 1.0 / (static_cast<double>(d) * d) / 2.0;
-            float* dj = dt + j * rows + r0;
-            for (std::int64_t r = 0; r < nr; ++r) {
-              const float e = x[r] - q[r];
-              row_loss[static_cast<std::size_t>(r0 + r)] += static_cast<double>(e) * e * inv_2d2;
-              err[at + r] = e / d;
-              dj[r] -= q[r];  // d_j = w_j − q_j
-            }
-            for (std::int64_t k = i + 1; k < s1; ++k) {
-              const float u = U(i, k);
-              float* xk = &work[static_cast<std::size_t>(k * ldw + r0)];
-              const float* ek = &err[at];
-              for (std::int64_t r = 0; r < nr; ++r) xk[r] -= ek[r] * u;
-            }
-          }
-          for (std::int64_t r = r0; r < r1; ++r)
-            for (std::int64_t i = s0; i < s1; ++i) c_perm[r * cols + i1 + i] = ct[static_cast<std::size_t>(i * ldw + r)];
-        }
-      });
-      // The rest of the block: work[s1:nb] −= U[s0:s1, s1:nb]ᵀ · err[s0:s1].
-      linalg::gemm({.M = nb - s1, .N = rows, .K = s1 - s0, .a = &u_blk[static_cast<std::size_t>(s0 * ni + s1)],
-                    .lda = ni, .b = &err[static_cast<std::size_t>(s0 * ldw)], .ldb = ldw,
-                    .dst = &work[static_cast<std::size_t>(s1 * ldw)], .ldd = ldw, .accumulate = true, .alpha = -1.0f,
-                    .a_km = true, .b_kn = true});
-    }
-  }
-  // Params are constant over runs of `run` columns in factor order: a group (dynamic groups), a
-  // whole row (per-channel) or one column (static groups follow the original columns).
-  const std::int64_t run = opt.static_groups ? 1 : g;
-  const auto params_at = [&](std::int64_t r, std::int64_t j) -> const GroupParams& {  // j in factor order
-    if (opt.static_groups) return static_params[static_cast<std::size_t>(r * out.groups + col(j) / g)];
-    if (per_channel) return row_params[static_cast<std::size_t>(r)];
-    return out.params[static_cast<std::size_t>(r * out.groups + j / g)];
-  };
-  parallel_for_each(rows, backend::num_threads(), [&](std::int64_t r) {
-    for (std::int64_t j0 = 0; j0 < cols; j0 += run) {
-      const GroupParams& p = params_at(r, j0);
-      for (std::int64_t j = j0; j < j0 + run; ++j) {
-        const std::int8_t c = c_perm[r * cols + j];
-        const float q = dequantize_code(opt.grid, p, c);
-        if (!std::isfinite(q))
-          throw_error(Status::kNumericalError, "{}: quantized weight holds NaN or Inf (row {}, column {})", site, r, col(j));
-        const auto dst = static_cast<std::size_t>(r * cols + col(j));
-        out.codes[dst] = c;
-        out.weight[dst] = q;
-      }
-    }
-  });
-  if (opt.static_groups) {
-    out.params = static_params;
-  } else if (per_channel) {
-    out.params = row_params;  // one group per row, fixed before the first column
-  } else if (opt.act_order) {
-    std::vector<std::int64_t> invperm(static_cast<std::size_t>(cols));
-    for (std::int64_t j = 0; j < cols; ++j) invperm[static_cast<std::size_t>(col(j))] = j;
-    for (std::int64_t j = 0; j < cols; ++j)
-      out.group_index[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(invperm[static_cast<std::size_t>(j)] / g);
-  }
-  if (opt.act_order) out.perm.assign(plan.perm.begin(), plan.perm.end());
-  out.loss = std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
-  return out;
+  detail::GptqRun run(w_in, rows, cols, plan, opt, site, shift);
+  for (std::int64_t i1 = 0; i1 < cols; i1 += opt.block_size) run.run_block(i1);
+  return run.finish();
 }
 
 inline QuantizedLayer gptq(const float* w_in, std::int64_t rows, std::int64_t cols, const double* hessian,
