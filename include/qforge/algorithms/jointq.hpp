@@ -110,32 +110,58 @@ struct RowState {
 // Working set of one state being searched. StateEvaluator (or refresh()) fills av and gg; the
 // search then keeps them current: av[t] = (A + μI)[:, J_t] v_t (so R v_t = av[t][J_t] and
 // A ŵ = Σ_t s_t av[t]) and gg[u, t] = v_u·av[t][J_u], the Gram matrix of the scale refit.
-struct Scratch {
+// av[t] is row t of a [k, m] array with a row stride: in float32, a view of StateEvaluator's
+// GEMM output, for JointQ's own states (no copy; the search's updates of av are rounded to float,
+// well inside the float32 error av was computed with); in double and owned (Scratch) for
+// jointq_error_propagation's.
+template <class T>
+struct BasicScratch {
   std::int64_t m = 0, gs = 0, k = 0;
-  std::vector<double> h, rv, dg, vn, av, gg, u;
+  std::vector<double> h, rv, dg, vn, gg, u;
   std::vector<std::int64_t> nz;
-  Scratch(std::int64_t m_, std::int64_t gs_, std::int64_t k_)
+  BasicScratch(std::int64_t m_, std::int64_t gs_, std::int64_t k_)
       : m(m_), gs(gs_), k(k_), h(static_cast<std::size_t>(gs_)), rv(static_cast<std::size_t>(gs_)),
-        dg(static_cast<std::size_t>(gs_)), vn(static_cast<std::size_t>(gs_)), av(static_cast<std::size_t>(m_ * k_)),
-        gg(static_cast<std::size_t>(k_ * k_)), u(static_cast<std::size_t>(m_)) {}
-  double* col(std::int64_t t) { return av.data() + t * m; }
+        dg(static_cast<std::size_t>(gs_)), vn(static_cast<std::size_t>(gs_)), gg(static_cast<std::size_t>(k_ * k_)),
+        u(static_cast<std::size_t>(m_)) {}
+  void view(T* av, std::int64_t stride) {
+    av_ = av;
+    stride_ = stride;
+  }
+  T* col(std::int64_t t) { return av_ + t * stride_; }
   double& g(std::int64_t a, std::int64_t b) { return gg[static_cast<std::size_t>(a * k + b)]; }
+
+ private:
+  T* av_ = nullptr;
+  std::int64_t stride_ = 0;
+};
+using ViewScratch = BasicScratch<float>;
+
+struct Scratch : BasicScratch<double> {
+  std::vector<double> av;  // [k, m]
+  Scratch(std::int64_t m_, std::int64_t gs_, std::int64_t k_)
+      : BasicScratch<double>(m_, gs_, k_), av(static_cast<std::size_t>(m_ * k_)) {
+    view(av.data(), m_);
+  }
+  Scratch(const Scratch&) = delete;  // the view points into av
+  Scratch& operator=(const Scratch&) = delete;
 };
 
-inline void axpy(double* __restrict y, double alpha, const double* __restrict x, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+template <class Y, class X>
+void axpy(Y* __restrict y, double alpha, const X* __restrict x, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) y[i] = static_cast<Y>(y[i] + alpha * static_cast<double>(x[i]));
 }
 // Four partial sums so the compiler can keep two vector accumulators without -ffast-math.
-inline double dot(const double* __restrict x, const double* __restrict y, std::int64_t n) {
+template <class X, class Y>
+double dot(const X* __restrict x, const Y* __restrict y, std::int64_t n) {
   double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   std::int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
-    s0 += x[i] * y[i];
-    s1 += x[i + 1] * y[i + 1];
-    s2 += x[i + 2] * y[i + 2];
-    s3 += x[i + 3] * y[i + 3];
+    s0 += static_cast<double>(x[i]) * static_cast<double>(y[i]);
+    s1 += static_cast<double>(x[i + 1]) * static_cast<double>(y[i + 1]);
+    s2 += static_cast<double>(x[i + 2]) * static_cast<double>(y[i + 2]);
+    s3 += static_cast<double>(x[i + 3]) * static_cast<double>(y[i + 3]);
   }
-  for (; i < n; ++i) s0 += x[i] * y[i];
+  for (; i < n; ++i) s0 += static_cast<double>(x[i]) * static_cast<double>(y[i]);
   return (s0 + s1) + (s2 + s3);
 }
 
@@ -143,7 +169,8 @@ inline double at(const std::vector<double>& v, std::int64_t i) { return v[static
 inline double& at(std::vector<double>& v, std::int64_t i) { return v[static_cast<std::size_t>(i)]; }
 
 // gg row/column t from av[t] (O(m)).
-inline void update_gram_row(const RowState& st, Scratch& sc, std::int64_t t) {
+template <class T>
+void update_gram_row(const RowState& st, BasicScratch<T>& sc, std::int64_t t) {
   for (std::int64_t u = 0; u < sc.k; ++u) sc.g(u, t) = sc.g(t, u) = dot(st.v.data() + u * sc.gs, sc.col(t) + u * sc.gs, sc.gs);
 }
 
@@ -191,9 +218,9 @@ class StateEvaluator {
   StateEvaluator(const MatrixXdR& a, const float* w, std::int64_t gs, std::int64_t k)
       : a_(linalg::to_float(a)), w_(w), m_(a.rows()), gs_(gs), k_(k) {}
 
-  // Sets st[i]->r, st[i]->obj, sc[i]->av and sc[i]->gg from scratch; st[i] is a state of weight
-  // row rows[i].
-  void evaluate(const std::vector<RowState*>& st, const std::vector<std::int64_t>& rows, const std::vector<Scratch*>& sc,
+  // Sets st[i]->r, st[i]->obj and sc[i]->gg from scratch and points sc[i]'s av at this batch's
+  // GEMM output (valid until the next call); st[i] is a state of weight row rows[i].
+  void evaluate(const std::vector<RowState*>& st, const std::vector<std::int64_t>& rows, const std::vector<ViewScratch*>& sc,
                 int threads) {
     const auto n = static_cast<std::int64_t>(st.size());
     if (n == 0) return;
@@ -233,11 +260,8 @@ class StateEvaluator {
     }
   }
 
-  void read_outputs(RowState& st, std::int64_t row, Scratch& sc, std::int64_t i, std::int64_t n) {
-    for (std::int64_t t = 0; t < k_; ++t) {
-      const float* src = group_product(t, n, i);
-      std::copy(src, src + m_, sc.col(t));
-    }
+  void read_outputs(RowState& st, std::int64_t row, ViewScratch& sc, std::int64_t i, std::int64_t n) {
+    sc.view(group_product(0, n, i), n * m_);
     for (std::int64_t t = 0; t < k_; ++t) update_gram_row(st, sc, t);
     const float* w = weight_row(row);
     const float* res = residuals_.data() + i * m_;
@@ -257,8 +281,9 @@ class StateEvaluator {
 // ±1 local search for group t maximising θ = q²/o (q = h·v, o = v R v, R = A[J,J] + μI), from
 // the codes in vg (updated in place); rv0 = R vg (null: computed here). Leaves R v in sc.rv and
 // returns the closed-form scale q/o; o in o_out.
-inline double local_search(const RowCtx& c, std::int64_t t, const double* h, double* vg, double zero, Scratch& sc,
-                           const double* rv0, double& o_out) {
+template <class T, class R>
+double local_search(const RowCtx& c, std::int64_t t, const double* h, double* vg, double zero, BasicScratch<T>& sc,
+                    const R* rv0, double& o_out) {
   const std::int64_t d = c.gs, off = t * c.gs;
   const double vlo = c.lo - zero, vhi = c.hi - zero;
   double* rv = sc.rv.data();
@@ -296,10 +321,11 @@ inline double local_search(const RowCtx& c, std::int64_t t, const double* h, dou
 // Replaces group t by (vn, sn) when that does not increase the objective. With δ = vn − v (a few
 // ±1 moves) and Δ = sn δ + (sn − s) v: obj change Δ R Δ − 2 Δ·r_J from gg and av in O(nnz² + d),
 // then r, av[t] and gg row t in O(m·nnz + m).
-inline bool apply_group(const RowCtx& c, std::int64_t t, const double* vn, double sn, RowState& st, Scratch& sc) {
+template <class T>
+bool apply_group(const RowCtx& c, std::int64_t t, const double* vn, double sn, RowState& st, BasicScratch<T>& sc) {
   const std::int64_t d = c.gs, off = t * c.gs;
   const double so = at(st.s, t), ds = sn - so;
-  double* avt = sc.col(t);
+  T* avt = sc.col(t);
   sc.nz.clear();
   for (std::int64_t k = 0; k < d; ++k)
     if (vn[k] != at(st.v, off + k)) sc.nz.push_back(k);
@@ -338,12 +364,13 @@ inline bool apply_group(const RowCtx& c, std::int64_t t, const double* vn, doubl
 
 // One sweep over the groups with the residual-aware h = r_J + R ŵ_J (the correlation with the
 // residual that leaves group t out). Needs sc current (refresh()).
-inline void sweep(const RowCtx& c, RowState& st, Scratch& sc) {
+template <class T>
+void sweep(const RowCtx& c, RowState& st, BasicScratch<T>& sc) {
   const std::int64_t d = c.gs;
   for (std::int64_t t = 0; t < c.k; ++t) {
     const std::int64_t off = t * d;
     const double s = at(st.s, t);
-    const double* rv0 = sc.col(t) + off;
+    const T* rv0 = sc.col(t) + off;
     for (std::int64_t k = 0; k < d; ++k) at(sc.h, k) = at(st.r, off + k) + s * rv0[k];
     std::copy(st.v.begin() + off, st.v.begin() + off + d, sc.vn.begin());
     double o = 0.0;
@@ -358,7 +385,8 @@ inline void sweep(const RowCtx& c, RowState& st, Scratch& sc) {
 // equations gg s = (v_t·b_t)_t, but the change is formed from r, not as a difference of absolute
 // objectives that cancel against yy = w A w: r may come from a float32 GEMM, StateEvaluator.)
 // Kept only when the objective falls. Needs sc current; O(m·k + k³).
-inline bool refit_scales(const RowCtx& c, RowState& st, Scratch& sc) {
+template <class T>
+bool refit_scales(const RowCtx& c, RowState& st, BasicScratch<T>& sc) {
   const std::int64_t k = c.k, d = c.gs;
   Eigen::MatrixXd gg(k, k);
   Eigen::VectorXd g(k);
@@ -388,7 +416,8 @@ inline bool refit_scales(const RowCtx& c, RowState& st, Scratch& sc) {
 
 // Sweeps and refits until the row stops improving or max_sweeps.
 // Needs sc current for st (refresh()).
-inline void search(const RowCtx& c, RowState& st, Scratch& sc, int max_sweeps) {
+template <class T>
+void search(const RowCtx& c, RowState& st, BasicScratch<T>& sc, int max_sweeps) {
   for (int s = 0; s < max_sweeps; ++s) {
     const double before = st.obj;
     sweep(c, st, sc);
@@ -482,7 +511,7 @@ inline std::optional<MatrixXdR> ep_factor(const MatrixXdR& a) {
 // error propagated to the later columns: with U upper, UᵀU = A⁻¹, ε U_JJ = W̃_J − Ŵ_J and
 // W̃_rest −= ε U_J,rest, the exact least-squares re-solve of the unquantized columns.
 inline std::optional<RowState> clip_optimize_ep(const RowCtx& c, const float* w, const MatrixXdR& u, const GridSpec& grid,
-                                                Scratch& sc) {
+                                                ViewScratch& sc) {
   std::vector<double> wt(w, w + c.m);
   std::vector<float> grp(static_cast<std::size_t>(c.gs));
   std::vector<double> eps(static_cast<std::size_t>(c.gs));
@@ -501,7 +530,8 @@ inline std::optional<RowState> clip_optimize_ep(const RowCtx& c, const float* w,
     for (std::int64_t k = 0; k < d; ++k)
       at(sc.h, k) = dot(c.a + (off + k) * c.m + off, wt.data() + off, d) + c.mu * at(wt, off + k);
     double o = 0.0;
-    const double s = local_search(c, t, sc.h.data(), st.v.data() + off, p.zero, sc, nullptr, o);
+    const double* computed_there = nullptr;  // R v
+    const double s = local_search(c, t, sc.h.data(), st.v.data() + off, p.zero, sc, computed_there, o);
     at(st.s, t) = s;
     if (off + d >= c.m) break;
     for (std::int64_t k = 0; k < d; ++k) {
@@ -524,19 +554,19 @@ inline constexpr std::int64_t kRowBlock = 32;
 struct StateBatch {
   std::vector<std::optional<RowState>> states;
   std::vector<std::int64_t> rows;  // the weight row of each slot
-  std::vector<Scratch> scratch;
+  std::vector<ViewScratch> scratch;
   StateBatch(std::int64_t slots, std::int64_t m, std::int64_t gs, std::int64_t k)
       : states(static_cast<std::size_t>(slots)), rows(static_cast<std::size_t>(slots), 0),
-        scratch(static_cast<std::size_t>(slots), Scratch(m, gs, k)) {}
+        scratch(static_cast<std::size_t>(slots), ViewScratch(m, gs, k)) {}
   std::optional<RowState>& state(std::int64_t i) { return states[static_cast<std::size_t>(i)]; }
-  Scratch& working_set(std::int64_t i) { return scratch[static_cast<std::size_t>(i)]; }
+  ViewScratch& working_set(std::int64_t i) { return scratch[static_cast<std::size_t>(i)]; }
   void clear() {
     for (auto& st : states) st.reset();
   }
   void evaluate(StateEvaluator& ev, int threads) {
     std::vector<RowState*> present;
     std::vector<std::int64_t> present_rows;
-    std::vector<Scratch*> present_scratch;
+    std::vector<ViewScratch*> present_scratch;
     for (std::size_t i = 0; i < states.size(); ++i)
       if (states[i]) {
         present.push_back(&*states[i]);
@@ -648,7 +678,7 @@ struct ClipInputs {
 
 // Clip-optimise for one row: min/max rounding, then per group a ±1 local search towards h (the
 // coupling between groups ignored).
-inline RowState clip_optimize(const RowCtx& c, const ClipInputs& in, const QuantizedLayer& clip, std::int64_t r, Scratch& sc) {
+inline RowState clip_optimize(const RowCtx& c, const ClipInputs& in, const QuantizedLayer& clip, std::int64_t r, ViewScratch& sc) {
   RowState st = state_from_layer(clip, r);
   const float* h = in.h_of(r);
   const float* rv = in.rv_of(r);
@@ -676,7 +706,7 @@ struct CandidateSources {
 
 // Row r's candidate `which`, codes and scales only (empty: it does not apply to the row).
 inline std::optional<RowState> build_candidate(JointqCandidate which, const CandidateSources& src, const RowCtx& c,
-                                               std::int64_t r, Scratch& sc) {
+                                               std::int64_t r, ViewScratch& sc) {
   const float* w = src.w + r * c.m;
   switch (which) {
     case JointqCandidate::kClip: return clip_optimize(c, *src.clip_inputs, *src.clip, r, sc);
