@@ -174,6 +174,15 @@ void update_gram_row(const RowState& st, BasicScratch<T>& sc, std::int64_t t) {
   for (std::int64_t u = 0; u < sc.k; ++u) sc.g(u, t) = sc.g(t, u) = dot(st.v.data() + u * sc.gs, sc.col(t) + u * sc.gs, sc.gs);
 }
 
+// All of gg, entry (u, t) for u ≤ t from av[t] (each pair once; the same values as
+// update_gram_row for t = 0 .. k−1 in turn).
+template <class T>
+void fill_gram(const RowState& st, BasicScratch<T>& sc) {
+  for (std::int64_t t = 0; t < sc.k; ++t)
+    for (std::int64_t u = 0; u <= t; ++u)
+      sc.g(u, t) = sc.g(t, u) = dot(st.v.data() + u * sc.gs, sc.col(t) + u * sc.gs, sc.gs);
+}
+
 // Objective for scales s from gg: yy − 2 Σ s_t v_t·b_t + sᵀ gg s (O(m + k²)).
 template <class S>
 double objective_from_gram(const RowCtx& c, const RowState& st, Scratch& sc, const S& s) {
@@ -197,7 +206,7 @@ inline void refresh(const RowCtx& c, RowState& st, Scratch& sc) {
         col[l] += c.mu * vl;
       }
   }
-  for (std::int64_t t = 0; t < c.k; ++t) update_gram_row(st, sc, t);
+  fill_gram(st, sc);
   st.r.assign(c.b, c.b + c.m);
   for (std::int64_t t = 0; t < c.k; ++t) axpy(st.r.data(), -at(st.s, t), sc.col(t), c.m);
   st.obj = objective_from_gram(c, st, sc, [&](std::int64_t t) { return at(st.s, t); });
@@ -230,9 +239,12 @@ class StateEvaluator {
     residuals_.resize(plane);
     group_products_.resize(plane * static_cast<std::size_t>(k_));
     parallel_for_each(n, threads, [&](std::int64_t i) { write_inputs(*st[static_cast<std::size_t>(i)], rows[static_cast<std::size_t>(i)], i); });
+    // A is symmetric, so its rows J_t serve as the [K, N] operand: contiguous rows.
     for (std::int64_t t = 0; t < k_; ++t)
-      linalg::gemm_nt(n, m_, gs_, codes_.data() + t * gs_, m_, a_.data() + t * gs_, m_, group_product(t, n, 0), m_, false);
-    linalg::gemm_nt(n, m_, m_, errors_.data(), m_, a_.data(), m_, residuals_.data(), m_, false);
+      linalg::gemm({.M = n, .N = m_, .K = gs_, .a = codes_.data() + t * gs_, .lda = m_, .b = a_.data() + t * gs_ * m_,
+                    .ldb = m_, .dst = group_product(t, n, 0), .ldd = m_, .b_kn = true});
+    linalg::gemm({.M = n, .N = m_, .K = m_, .a = errors_.data(), .lda = m_, .b = a_.data(), .ldb = m_, .dst = residuals_.data(),
+                  .ldd = m_, .b_kn = true});
     parallel_for_each(n, threads, [&](std::int64_t i) {
       read_outputs(*st[static_cast<std::size_t>(i)], rows[static_cast<std::size_t>(i)], *sc[static_cast<std::size_t>(i)], i, n);
     });
@@ -262,7 +274,7 @@ class StateEvaluator {
 
   void read_outputs(RowState& st, std::int64_t row, ViewScratch& sc, std::int64_t i, std::int64_t n) {
     sc.view(group_product(0, n, i), n * m_);
-    for (std::int64_t t = 0; t < k_; ++t) update_gram_row(st, sc, t);
+    fill_gram(st, sc);
     const float* w = weight_row(row);
     const float* res = residuals_.data() + i * m_;
     st.r.assign(res, res + m_);
@@ -318,6 +330,43 @@ double local_search(const RowCtx& c, std::int64_t t, const double* h, double* vg
   return o > 0.0 ? q / o : 0.0;
 }
 
+// u = (A + μI)[:, J_t] δ for the code change δ = vn − v on group t's entries sc.nz (O(m·nnz)).
+template <class T>
+const double* column_change(const RowCtx& c, std::int64_t t, const double* vn, const RowState& st, BasicScratch<T>& sc) {
+  const std::int64_t off = t * c.gs;
+  double* u = sc.u.data();
+  bool first = true;
+  for (auto ka : sc.nz) {
+    const double da = vn[ka] - at(st.v, off + ka);
+    const double* a_row = c.a + (off + ka) * c.m;
+    if (first)
+      for (std::int64_t j = 0; j < c.m; ++j) u[j] = da * a_row[j];
+    else
+      axpy(u, da, a_row, c.m);
+    u[off + ka] += c.mu * da;
+    first = false;
+  }
+  return u;
+}
+
+// After group t's codes changed by δ (u = R̃δ, column_change) and its scale by ds to sn:
+// r −= sn u + ds av[t], av[t] += u and gg row t = v_g·av[t][J_g], in one pass over the m
+// entries instead of three.
+template <class T>
+void update_residual_and_group(RowState& st, BasicScratch<T>& sc, std::int64_t t, const double* u, double sn, double ds) {
+  double* r = st.r.data();
+  T* avt = sc.col(t);
+  for (std::int64_t g = 0; g < sc.k; ++g) {
+    double gram = 0.0;
+    for (std::int64_t j = g * sc.gs; j < (g + 1) * sc.gs; ++j) {
+      r[j] -= sn * u[j] + ds * static_cast<double>(avt[j]);
+      avt[j] = static_cast<T>(avt[j] + u[j]);
+      gram += at(st.v, j) * static_cast<double>(avt[j]);
+    }
+    sc.g(g, t) = sc.g(t, g) = gram;
+  }
+}
+
 // Replaces group t by (vn, sn) when that does not increase the objective. With δ = vn − v (a few
 // ±1 moves) and Δ = sn δ + (sn − s) v: obj change Δ R Δ − 2 Δ·r_J from gg and av in O(nnz² + d),
 // then r, av[t] and gg row t in O(m·nnz + m).
@@ -343,20 +392,12 @@ bool apply_group(const RowCtx& c, std::int64_t t, const double* vn, double sn, R
   const double dobj = quad - 2.0 * dr;
   if (!(dobj <= 0.0)) return false;
   st.obj += dobj;
-  // u = (A + μI)[:, J] δ
-  std::fill(sc.u.begin(), sc.u.end(), 0.0);
-  for (auto ka : sc.nz) {
-    const double da = vn[ka] - at(st.v, off + ka);
-    axpy(sc.u.data(), da, c.a + (off + ka) * c.m, c.m);
-    sc.u[static_cast<std::size_t>(off + ka)] += c.mu * da;
-  }
-  double* r = st.r.data();
-  const double* u = sc.u.data();
-  for (std::int64_t j = 0; j < c.m; ++j) r[j] -= sn * u[j] + ds * avt[j];
-  if (!sc.nz.empty()) {
-    axpy(avt, 1.0, u, c.m);
+  if (sc.nz.empty()) {
+    axpy(st.r.data(), -ds, avt, c.m);
+  } else {
+    const double* u = column_change(c, t, vn, st, sc);
     for (auto ka : sc.nz) at(st.v, off + ka) = vn[ka];
-    update_gram_row(st, sc, t);
+    update_residual_and_group(st, sc, t, u, sn, ds);
   }
   at(st.s, t) = sn;
   return true;
@@ -379,14 +420,20 @@ void sweep(const RowCtx& c, RowState& st, BasicScratch<T>& sc) {
   }
 }
 
+// A step of all the scales: Δ, and the objective change it brings.
+struct ScaleStep {
+  Eigen::VectorXd delta;
+  double change = 0.0;
+};
+
 // Joint least-squares refit of all scales, as one Newton step from the current ones: in s the
 // objective has gradient −2g (g_t = v_t·r_{J_t}) and Hessian 2·gg, so the optimum is s + Δ with
 // gg Δ = g and the objective changes by Δᵀ gg Δ − 2 Δ·g. (The same optimum as the normal
 // equations gg s = (v_t·b_t)_t, but the change is formed from r, not as a difference of absolute
 // objectives that cancel against yy = w A w: r may come from a float32 GEMM, StateEvaluator.)
-// Kept only when the objective falls. Needs sc current; O(m·k + k³).
+// Empty when the step would not lower the objective. Needs sc current; O(m + k³).
 template <class T>
-bool refit_scales(const RowCtx& c, RowState& st, BasicScratch<T>& sc) {
+std::optional<ScaleStep> scale_refit_step(const RowCtx& c, const RowState& st, BasicScratch<T>& sc) {
   const std::int64_t k = c.k, d = c.gs;
   Eigen::MatrixXd gg(k, k);
   Eigen::VectorXd g(k);
@@ -401,17 +448,31 @@ bool refit_scales(const RowCtx& c, RowState& st, BasicScratch<T>& sc) {
       g[t] = 0.0;
     }
   Eigen::LDLT<Eigen::MatrixXd> ldlt(system);
-  if (ldlt.info() != Eigen::Success) return false;
-  const Eigen::VectorXd delta = ldlt.solve(g);
-  if (!delta.allFinite()) return false;
-  const double change = delta.dot(gg * delta) - 2.0 * delta.dot(g);
-  if (!(change < 0.0)) return false;
-  st.obj += change;
-  for (std::int64_t t = 0; t < k; ++t) {
-    at(st.s, t) += delta[t];
-    axpy(st.r.data(), -delta[t], sc.col(t), c.m);
+  if (ldlt.info() != Eigen::Success) return std::nullopt;
+  ScaleStep step;
+  step.delta = ldlt.solve(g);
+  if (!step.delta.allFinite()) return std::nullopt;
+  step.change = step.delta.dot(gg * step.delta) - 2.0 * step.delta.dot(g);
+  if (!(step.change < 0.0)) return std::nullopt;
+  return step;
+}
+
+// s += Δ, r −= Σ_t Δ_t av[t] and the objective; O(m·k).
+template <class T>
+void take_scale_step(const RowCtx& c, RowState& st, BasicScratch<T>& sc, const ScaleStep& step) {
+  st.obj += step.change;
+  for (std::int64_t t = 0; t < c.k; ++t) {
+    at(st.s, t) += step.delta[t];
+    axpy(st.r.data(), -step.delta[t], sc.col(t), c.m);
   }
-  return true;
+}
+
+// The joint refit, kept only when the objective falls.
+template <class T>
+bool refit_scales(const RowCtx& c, RowState& st, BasicScratch<T>& sc) {
+  const auto step = scale_refit_step(c, st, sc);
+  if (step) take_scale_step(c, st, sc, *step);
+  return step.has_value();
 }
 
 // Sweeps and refits until the row stops improving or max_sweeps.
@@ -545,9 +606,16 @@ inline std::optional<RowState> clip_optimize_ep(const RowCtx& c, const float* w,
   return st;
 }
 
-// Rows go through the search in fixed blocks, so that every from-scratch evaluation is a GEMM
-// over many states; the blocks do not depend on the thread count, nor then do the results.
-inline constexpr std::int64_t kRowBlock = 32;
+// States are evaluated in batches, so that every from-scratch evaluation is a GEMM over many
+// states: at m = 4096 the GEMMs reach most of their speed at about 256 states (64 states took
+// 1.4x as long, 512 no less). The batch is set by the problem's shape alone (at most
+// kBatchBytes of float32 av), never by the thread count, so neither are the results.
+inline constexpr std::int64_t kMaxBatchStates = 256;
+inline constexpr std::int64_t kBatchBytes = std::int64_t{128} << 20;
+inline std::int64_t batch_states(std::int64_t m, std::int64_t k) {
+  const auto per_state = static_cast<std::int64_t>(sizeof(float)) * m * k;
+  return std::clamp<std::int64_t>(kBatchBytes / per_state, 1, kMaxBatchStates);
+}
 
 // Slots of states with their working sets, evaluated together and then searched independently.
 // A slot may be empty (a candidate that does not apply to its row).
@@ -610,7 +678,7 @@ inline std::int64_t iterated_local_search(std::vector<RowState>& states, const R
   if (clones == 0) return 0;
   std::vector<std::int8_t> improved(static_cast<std::size_t>(rows), 0);
   const auto threshold = static_cast<std::uint64_t>(std::ldexp(std::clamp(o.ils_zero_probability, 0.0, 1.0), 53));
-  const std::int64_t rows_per_batch = std::max<std::int64_t>(1, kRowBlock / clones);
+  const std::int64_t rows_per_batch = std::max<std::int64_t>(1, batch_states(c.m, c.k) / clones);
   StateBatch batch(rows_per_batch * clones, c.m, c.gs, c.k);
   for (int it = 0; it < o.ils_iterations; ++it) {
     std::vector<std::int64_t> order(static_cast<std::size_t>(rows));
@@ -717,6 +785,35 @@ inline std::optional<RowState> build_candidate(JointqCandidate which, const Cand
   return std::nullopt;
 }
 
+// Row r's candidates are batch slots first .. first + kinds.size(), evaluated. Records each one's
+// objective after its scale refit and returns the best slot (the first on ties) with its refit
+// taken (the others' refits only solved: their r is not needed), or −1 when no slot is filled.
+inline std::int64_t best_candidate(const RowCtx& c, StateBatch& batch, std::int64_t first, const std::vector<JointqCandidate>& kinds,
+                                   std::int64_t r, JointqResult& res) {
+  const auto ri = static_cast<std::size_t>(r);
+  std::int64_t best = -1;
+  double best_obj = 0.0;
+  std::optional<ScaleStep> best_step;
+  for (std::size_t ci = 0; ci < kinds.size(); ++ci) {
+    const std::int64_t slot = first + static_cast<std::int64_t>(ci);
+    auto& st = batch.state(slot);
+    if (!st) continue;
+    if (kinds[ci] == JointqCandidate::kGptq) res.row_gptq_objective[ri] = st->obj;
+    auto step = scale_refit_step(c, *st, batch.working_set(slot));
+    const double obj = step ? st->obj + step->change : st->obj;
+    double& recorded = res.row_candidate_objective[ri * kJointqCandidates + static_cast<std::size_t>(kinds[ci])];
+    if (!(recorded <= obj)) recorded = obj;
+    if (best < 0 || obj < best_obj) {
+      best = slot;
+      best_obj = obj;
+      best_step = std::move(step);
+      res.row_candidate[ri] = static_cast<std::int8_t>(kinds[ci]);
+    }
+  }
+  if (best_step) take_scale_step(c, *batch.state(best), batch.working_set(best), *best_step);
+  return best;
+}
+
 // One fixed-λ JointQ run on already permuted inputs (integer grid). warm: an extra candidate.
 inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows, std::int64_t cols, const MatrixXdR& xx,
                                  double tokens, double lambda, const JointqOptions& o, const QuantizedLayer* warm,
@@ -768,9 +865,10 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
   const CandidateSources src{w.data(), &clip, &clip_inputs, gq ? &*gq : nullptr, warm, u ? &*u : nullptr, o.grid};
   std::vector<RowState> states(static_cast<std::size_t>(rows));
   {
-    StateBatch batch(kRowBlock * nc, cols, gs, k);  // slot li·nc + ci: candidate kinds[ci] of row r0 + li
-    for (std::int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-      const std::int64_t nr = std::min(kRowBlock, rows - r0);
+    const std::int64_t block = std::max<std::int64_t>(1, batch_states(cols, k) / nc);  // rows
+    StateBatch batch(block * nc, cols, gs, k);  // slot li·nc + ci: candidate kinds[ci] of row r0 + li
+    for (std::int64_t r0 = 0; r0 < rows; r0 += block) {
+      const std::int64_t nr = std::min(block, rows - r0);
       batch.clear();
       if (kinds.front() == JointqCandidate::kClip) clip_inputs.compute(ev, clip, w.data(), r0, nr);
       parallel_for_each(nr * nc, threads, [&](std::int64_t i) {
@@ -782,21 +880,9 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
       parallel_for_each(nr, threads, [&](std::int64_t li) {
         const std::int64_t r = r0 + li;
         const auto ri = static_cast<std::size_t>(r);
-        // Each candidate with its scale refit; the best one (the first on ties) is searched.
-        std::int64_t best = -1;
-        for (std::int64_t ci = 0; ci < nc; ++ci) {
-          auto& st = batch.state(li * nc + ci);
-          if (!st) continue;
-          const JointqCandidate which = kinds[static_cast<std::size_t>(ci)];
-          if (which == JointqCandidate::kGptq) res.row_gptq_objective[ri] = st->obj;
-          refit_scales(c, *st, batch.working_set(li * nc + ci));
-          double& slot = res.row_candidate_objective[ri * kJointqCandidates + static_cast<std::size_t>(which)];
-          if (!(slot <= st->obj)) slot = st->obj;
-          if (best < 0 || st->obj < batch.state(best)->obj) best = li * nc + ci;
-        }
+        const std::int64_t best = best_candidate(c, batch, li * nc, kinds, r, res);
         if (best < 0) throw_error(Status::kNumericalError, "{}: row {} has no JointQ candidate", site, r);
         RowState& st = *batch.state(best);
-        res.row_candidate[ri] = static_cast<std::int8_t>(kinds[static_cast<std::size_t>(best % nc)]);
         res.row_start_objective[ri] = st.obj;
         search(c, st, batch.working_set(best), o.max_sweeps);
         res.row_search_objective[ri] = st.obj;
