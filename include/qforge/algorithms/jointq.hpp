@@ -91,7 +91,9 @@ namespace detail {
 
 // One row's problem: minimise yy − 2 b·ŵ + ŵ (A + μI) ŵ, ŵ_j = s_{j/gs} v_j, v_j + zero_t ∈ [lo, hi].
 struct RowCtx {
-  const double* a = nullptr;  // [m, m] row-major, symmetric (shared by all rows)
+  const double* a = nullptr;     // [m, m] row-major, symmetric (shared by all rows)
+  const double* diag = nullptr;  // A's diagonal, [m]: the local search reads it per group, and
+                                 // strided through A each entry would be a cache miss
   double mu = 0.0;            // per-row diagonal addition
   std::int64_t m = 0, gs = 0, k = 0;
   int lo = 0, hi = 0;
@@ -266,9 +268,12 @@ class StateEvaluator {
     const float* w = weight_row(row);
     float* codes = codes_.data() + i * m_;
     float* errors = errors_.data() + i * m_;
-    for (std::int64_t j = 0; j < m_; ++j) {
-      codes[j] = static_cast<float>(at(st.v, j));
-      errors[j] = static_cast<float>(w[j] - at(st.s, j / gs_) * at(st.v, j));
+    for (std::int64_t t = 0; t < k_; ++t) {
+      const double s = at(st.s, t);
+      for (std::int64_t j = t * gs_; j < (t + 1) * gs_; ++j) {
+        codes[j] = static_cast<float>(at(st.v, j));
+        errors[j] = static_cast<float>(w[j] - s * at(st.v, j));
+      }
     }
   }
 
@@ -279,7 +284,10 @@ class StateEvaluator {
     const float* res = residuals_.data() + i * m_;
     st.r.assign(res, res + m_);
     double obj = 0.0;
-    for (std::int64_t j = 0; j < m_; ++j) obj += (w[j] - at(st.s, j / gs_) * at(st.v, j)) * at(st.r, j);
+    for (std::int64_t t = 0; t < k_; ++t) {
+      const double s = at(st.s, t);
+      for (std::int64_t j = t * gs_; j < (t + 1) * gs_; ++j) obj += (w[j] - s * at(st.v, j)) * at(st.r, j);
+    }
     st.obj = obj;
   }
 
@@ -303,7 +311,7 @@ double local_search(const RowCtx& c, std::int64_t t, const double* h, double* vg
   for (std::int64_t k = 0; k < d; ++k) {
     const double* row = c.a + (off + k) * c.m + off;
     rv[k] = rv0 ? rv0[k] : dot(row, vg, d) + c.mu * vg[k];
-    dg[k] = row[k] + c.mu;
+    dg[k] = c.diag[off + k] + c.mu;
   }
   double q = dot(h, vg, d), o = dot(vg, rv, d);
   constexpr double kEps = 1e-12;
@@ -457,13 +465,13 @@ std::optional<ScaleStep> scale_refit_step(const RowCtx& c, const RowState& st, B
   return step;
 }
 
-// s += Δ, r −= Σ_t Δ_t av[t] and the objective; O(m·k).
+// s += Δ and the objective, and unless update_residual is false, r −= Σ_t Δ_t av[t] (O(m·k)).
 template <class T>
-void take_scale_step(const RowCtx& c, RowState& st, BasicScratch<T>& sc, const ScaleStep& step) {
+void take_scale_step(const RowCtx& c, RowState& st, BasicScratch<T>& sc, const ScaleStep& step, bool update_residual = true) {
   st.obj += step.change;
   for (std::int64_t t = 0; t < c.k; ++t) {
     at(st.s, t) += step.delta[t];
-    axpy(st.r.data(), -step.delta[t], sc.col(t), c.m);
+    if (update_residual) axpy(st.r.data(), -step.delta[t], sc.col(t), c.m);
   }
 }
 
@@ -475,16 +483,21 @@ bool refit_scales(const RowCtx& c, RowState& st, BasicScratch<T>& sc) {
   return step.has_value();
 }
 
-// Sweeps and refits until the row stops improving or max_sweeps.
-// Needs sc current for st (refresh()).
+// Sweeps and refits until the row stops improving or max_sweeps. Needs sc current for st
+// (StateEvaluator); releases st.r at the end, since the last refit does not bring it up to date
+// (an O(m·k) update nothing would read).
 template <class T>
 void search(const RowCtx& c, RowState& st, BasicScratch<T>& sc, int max_sweeps) {
   for (int s = 0; s < max_sweeps; ++s) {
     const double before = st.obj;
     sweep(c, st, sc);
-    refit_scales(c, st, sc);
-    if (!(before - st.obj > 1e-12 * std::max(1.0, std::fabs(before)))) break;
+    const auto step = scale_refit_step(c, st, sc);
+    const double after = step ? st.obj + step->change : st.obj;
+    const bool again = s + 1 < max_sweeps && before - after > 1e-12 * std::max(1.0, std::fabs(before));
+    if (step) take_scale_step(c, st, sc, *step, again);
+    if (!again) break;
   }
+  std::vector<double>().swap(st.r);
 }
 
 inline RowState state_from_layer(const QuantizedLayer& q, std::int64_t r) {
@@ -838,7 +851,9 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
     if (!u) notes.push_back(fmt::format("{}: clip-optimize-EP skipped (regularised Gram matrix not factorable)", site));
   }
   RowCtx c;
+  const Eigen::VectorXd diag = a.diagonal();
   c.a = a.data();
+  c.diag = diag.data();
   c.m = cols;
   c.gs = gs;
   c.k = k;
@@ -886,7 +901,6 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
         res.row_start_objective[ri] = st.obj;
         search(c, st, batch.working_set(best), o.max_sweeps);
         res.row_search_objective[ri] = st.obj;
-        std::vector<double>().swap(st.r);  // not needed again: release it (rows·m doubles in all)
         states[ri] = std::move(st);
       });
     }
@@ -1092,6 +1106,7 @@ inline JointqEpResult jointq_error_propagation(const float* w, std::int64_t rows
   res.row_rho.assign(static_cast<std::size_t>(rows), 0.0);
   std::vector<std::int8_t> changed(static_cast<std::size_t>(rows), 0);
   const std::int64_t gs = w0.group_size, k = w0.groups;
+  const Eigen::VectorXd hh_diag = Eigen::Map<const MatrixXdR>(hh, cols, cols).diagonal();
   parallel_for_each(rows, threads, [&](std::int64_t r) {
     const auto ri = static_cast<std::size_t>(r);
     detail::Scratch sc(cols, gs, k);
@@ -1106,6 +1121,7 @@ inline JointqEpResult jointq_error_propagation(const float* w, std::int64_t rows
     const double f = e0.dot(XX * e0);
     detail::RowCtx c;
     c.a = hh;
+    c.diag = hh_diag.data();
     c.m = cols;
     c.gs = gs;
     c.k = k;
