@@ -6,9 +6,9 @@
 #
 # Usage: scripts/bench.sh [BUILD_DIR]   (default build/bench). BENCH_MIN_TIME (seconds, default
 # 0.3) bounds each benchmark's run time; the kernel suite takes about a minute on 2 cores.
-# The layer algorithms (bench/algorithms_bench.cpp) run too: GPTQ and QEP at BENCH_ALG_N (default
-# 4096, the issue's 4096x4096 layer with 8192 tokens; about two minutes) and JointQ next to GPTQ
-# at 512. BENCH_ALG_N=0 skips them.
+# The layer algorithms (bench/algorithms_bench.cpp) run too: GPTQ, QEP and JointQ (4 and 3 bits) at
+# BENCH_ALG_N (default 4096, the issue's 4096x4096 layer with 8192 tokens; about two minutes) and
+# JointQ next to GPTQ at 512. BENCH_ALG_N=0 skips them.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$root/build/bench}"
@@ -29,7 +29,7 @@ cmake --build "$build" --target backend_bench algorithms_bench -j"${JOBS:-2}"
   --benchmark_out="$out_json" --benchmark_out_format=json >/dev/null
 rm -f "$alg_json" "$jointq_json"
 if [[ "$alg_n" != 0 ]]; then
-  QFORGE_ALG_BENCH_N="$alg_n" "$build/bench/algorithms_bench" --benchmark_filter='Gemm|Rtn|Gptq|Qep' \
+  QFORGE_ALG_BENCH_N="$alg_n" "$build/bench/algorithms_bench" --benchmark_filter='Gemm|Rtn|Gptq|Qep|Jointq' \
     --benchmark_out="$alg_json" --benchmark_out_format=json >/dev/null
   QFORGE_ALG_BENCH_N=512 "$build/bench/algorithms_bench" --benchmark_filter='Gemm|Gptq|Jointq' \
     --benchmark_out="$jointq_json" --benchmark_out_format=json >/dev/null
@@ -152,6 +152,7 @@ else:
         w(f"| {parts[0][3:]} | {parts[2]} | {seconds(b):.3f} s | {seconds(b)/seconds(gemm):.2f} | {b.get('output_rel_err', float('nan')):.3g} |")
     gptq4, qep4 = by_prefix(alg_rows, f"BM_Gptq/{n}/4/"), by_prefix(alg_rows, f"BM_Qep/{n}/4/")
     jq, jq_gptq = by_prefix(jointq_rows, "BM_Jointq/512/4/"), by_prefix(jointq_rows, "BM_Gptq/512/4/")
+    jq_n = by_prefix(alg_rows, f"BM_Jointq/{n}/4/")
     w("")
     w("| aim | measured | met? |")
     w("|---|---:|:---:|")
@@ -159,6 +160,8 @@ else:
         w(f"| {text} | {value:.2f} | {'**yes**' if value <= target else '**no**'} |")
     verdict(f"GPTQ 4-bit <= 1.5x the GEMM (n = {n})", seconds(gptq4) / seconds(gemm), 1.5)
     verdict(f"QEP's correction (QEP - GPTQ) <= 0.5x the GEMM (n = {n})", (seconds(qep4) - seconds(gptq4)) / seconds(gemm), 0.5)
+    if jq_n:
+        verdict(f"JointQ 4-bit <= 10x GPTQ (n = {n})", seconds(jq_n) / seconds(gptq4), 10.0)
     if jq and jq_gptq:
         verdict("JointQ 4-bit <= 10x GPTQ (n = 512)", seconds(jq) / seconds(jq_gptq), 10.0)
     w("")
