@@ -778,19 +778,19 @@ inline RowState clip_optimize(const RowCtx& c, const ClipInputs& in, const Quant
 struct CandidateSources {
   const float* w = nullptr;  // [rows, m]
   const QuantizedLayer* clip = nullptr;
-  const ClipInputs* clip_inputs = nullptr;  // for the current block of rows
   const QuantizedLayer* gptq = nullptr;
   const QuantizedLayer* warm = nullptr;
   const MatrixXdR* ep_factor = nullptr;  // U of clip_optimize_ep
   GridSpec grid;
 };
 
-// Row r's candidate `which`, codes and scales only (empty: it does not apply to the row).
-inline std::optional<RowState> build_candidate(JointqCandidate which, const CandidateSources& src, const RowCtx& c,
-                                               std::int64_t r, ViewScratch& sc) {
+// Row r's candidate `which`, codes and scales only (empty: it does not apply to the row); clip_inputs:
+// the block's, for clip-optimise.
+inline std::optional<RowState> build_candidate(JointqCandidate which, const CandidateSources& src, const ClipInputs& clip_inputs,
+                                               const RowCtx& c, std::int64_t r, ViewScratch& sc) {
   const float* w = src.w + r * c.m;
   switch (which) {
-    case JointqCandidate::kClip: return clip_optimize(c, *src.clip_inputs, *src.clip, r, sc);
+    case JointqCandidate::kClip: return clip_optimize(c, clip_inputs, *src.clip, r, sc);
     case JointqCandidate::kClipEp: return clip_optimize_ep(c, w, *src.ep_factor, src.grid, sc);
     case JointqCandidate::kGptq: return state_from_layer(*src.gptq, r);
     case JointqCandidate::kWarm: return state_from_layer(*src.warm, r);
@@ -825,6 +825,73 @@ inline std::int64_t best_candidate(const RowCtx& c, StateBatch& batch, std::int6
   }
   if (best_step) take_scale_step(c, *batch.state(best), batch.working_set(best), *best_step);
   return best;
+}
+
+// The candidates run, in the order ties between them are broken.
+inline std::vector<JointqCandidate> candidate_kinds(const JointqOptions& o, const CandidateSources& src) {
+  std::vector<JointqCandidate> kinds;
+  if (o.enable_clip_optimize || (!src.gptq && !src.ep_factor)) kinds.push_back(JointqCandidate::kClip);
+  if (src.ep_factor) kinds.push_back(JointqCandidate::kClipEp);
+  if (src.gptq) kinds.push_back(JointqCandidate::kGptq);
+  if (src.warm) kinds.push_back(JointqCandidate::kWarm);
+  return kinds;
+}
+
+// Every row from its best candidate through the search, a block of rows at a time: the block's
+// candidates are built (in parallel), evaluated together (StateEvaluator), and each row then
+// refits them, keeps the best and searches it (in parallel). Fills res's per-row candidate,
+// start and search fields; returns the searched states.
+inline std::vector<RowState> search_rows(const RowCtx& c, const CandidateSources& src, const std::vector<JointqCandidate>& kinds,
+                                         StateEvaluator& ev, std::int64_t rows, int max_sweeps, int threads, JointqResult& res,
+                                         std::string_view site) {
+  std::vector<RowState> states(static_cast<std::size_t>(rows));
+  const auto nc = static_cast<std::int64_t>(kinds.size());
+  const std::int64_t block = std::max<std::int64_t>(1, batch_states(c.m, c.k) / nc);  // rows
+  StateBatch batch(block * nc, c.m, c.gs, c.k);  // slot li·nc + ci: candidate kinds[ci] of row r0 + li
+  ClipInputs clip_inputs;
+  for (std::int64_t r0 = 0; r0 < rows; r0 += block) {
+    const std::int64_t nr = std::min(block, rows - r0);
+    batch.clear();
+    if (kinds.front() == JointqCandidate::kClip) clip_inputs.compute(ev, *src.clip, src.w, r0, nr);
+    parallel_for_each(nr * nc, threads, [&](std::int64_t i) {
+      const std::int64_t r = r0 + i / nc;
+      batch.rows[static_cast<std::size_t>(i)] = r;
+      batch.state(i) = build_candidate(kinds[static_cast<std::size_t>(i % nc)], src, clip_inputs, c, r, batch.working_set(i));
+    });
+    batch.evaluate(ev, threads);
+    parallel_for_each(nr, threads, [&](std::int64_t li) {
+      const std::int64_t r = r0 + li;
+      const auto ri = static_cast<std::size_t>(r);
+      const std::int64_t best = best_candidate(c, batch, li * nc, kinds, r, res);
+      if (best < 0) throw_error(Status::kNumericalError, "{}: row {} has no JointQ candidate", site, r);
+      RowState& st = *batch.state(best);
+      res.row_start_objective[ri] = st.obj;
+      search(c, st, batch.working_set(best), max_sweeps);
+      res.row_search_objective[ri] = st.obj;
+      states[ri] = std::move(st);
+    });
+  }
+  return states;
+}
+
+// Writes the searched states into res.layer with their objectives. The objective is the one the
+// search kept, not recomputed: every accepted step lowered it, and a recomputation would carry
+// float32 round-off of its own (StateEvaluator). So the GPTQ fallback below is a guard that does
+// not fire; it keeps the promise visible.
+inline void write_rows(std::vector<RowState>& states, const QuantizedLayer* gptq_layer, int bits, int threads, JointqResult& res) {
+  parallel_for_each(static_cast<std::int64_t>(states.size()), threads, [&](std::int64_t r) {
+    const auto ri = static_cast<std::size_t>(r);
+    RowState& st = states[ri];
+    if (gptq_layer && st.obj > res.row_gptq_objective[ri]) {
+      st = state_from_layer(*gptq_layer, r);
+      st.obj = res.row_gptq_objective[ri];
+    }
+    res.row_objective[ri] = st.obj;
+    write_row(res.layer, r, st, bits);
+  });
+  res.layer.dequantize_all();
+  res.layer.loss = 0.0;
+  for (double v : res.row_objective) res.layer.loss += v;
 }
 
 // One fixed-λ JointQ run on already permuted inputs (integer grid). warm: an extra candidate.
@@ -869,59 +936,11 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
   res.row_start_objective.assign(static_cast<std::size_t>(rows), 0.0);
   res.row_search_objective.assign(static_cast<std::size_t>(rows), 0.0);
 
-  std::vector<JointqCandidate> kinds;  // the candidates run, in the order ties are broken
-  if (o.enable_clip_optimize || (!gq && !u)) kinds.push_back(JointqCandidate::kClip);
-  if (u) kinds.push_back(JointqCandidate::kClipEp);
-  if (gq) kinds.push_back(JointqCandidate::kGptq);
-  if (warm) kinds.push_back(JointqCandidate::kWarm);
-  const auto nc = static_cast<std::int64_t>(kinds.size());
+  const CandidateSources src{w.data(), &clip, gq ? &*gq : nullptr, warm, u ? &*u : nullptr, o.grid};
   StateEvaluator ev(a, w.data(), gs, k);
-  ClipInputs clip_inputs;
-  const CandidateSources src{w.data(), &clip, &clip_inputs, gq ? &*gq : nullptr, warm, u ? &*u : nullptr, o.grid};
-  std::vector<RowState> states(static_cast<std::size_t>(rows));
-  {
-    const std::int64_t block = std::max<std::int64_t>(1, batch_states(cols, k) / nc);  // rows
-    StateBatch batch(block * nc, cols, gs, k);  // slot li·nc + ci: candidate kinds[ci] of row r0 + li
-    for (std::int64_t r0 = 0; r0 < rows; r0 += block) {
-      const std::int64_t nr = std::min(block, rows - r0);
-      batch.clear();
-      if (kinds.front() == JointqCandidate::kClip) clip_inputs.compute(ev, clip, w.data(), r0, nr);
-      parallel_for_each(nr * nc, threads, [&](std::int64_t i) {
-        const std::int64_t r = r0 + i / nc;
-        batch.rows[static_cast<std::size_t>(i)] = r;
-        batch.state(i) = build_candidate(kinds[static_cast<std::size_t>(i % nc)], src, c, r, batch.working_set(i));
-      });
-      batch.evaluate(ev, threads);
-      parallel_for_each(nr, threads, [&](std::int64_t li) {
-        const std::int64_t r = r0 + li;
-        const auto ri = static_cast<std::size_t>(r);
-        const std::int64_t best = best_candidate(c, batch, li * nc, kinds, r, res);
-        if (best < 0) throw_error(Status::kNumericalError, "{}: row {} has no JointQ candidate", site, r);
-        RowState& st = *batch.state(best);
-        res.row_start_objective[ri] = st.obj;
-        search(c, st, batch.working_set(best), o.max_sweeps);
-        res.row_search_objective[ri] = st.obj;
-        states[ri] = std::move(st);
-      });
-    }
-  }
+  std::vector<RowState> states = search_rows(c, src, candidate_kinds(o, src), ev, rows, o.max_sweeps, threads, res, site);
   if (o.ils_enabled) res.ils_improved_rows = iterated_local_search(states, c, ev, o, threads);
-  parallel_for_each(rows, threads, [&](std::int64_t r) {
-    const auto ri = static_cast<std::size_t>(r);
-    RowState& st = states[ri];
-    // The objective as the search kept it, not recomputed: every accepted step lowered it, and a
-    // recomputation would carry float32 round-off of its own (StateEvaluator). So the GPTQ
-    // fallback below is a guard that does not fire; it keeps the promise visible.
-    if (gq && st.obj > res.row_gptq_objective[ri]) {
-      st = state_from_layer(*gq, r);
-      st.obj = res.row_gptq_objective[ri];
-    }
-    res.row_objective[ri] = st.obj;
-    write_row(res.layer, r, st, o.grid.bits);
-  });
-  res.layer.dequantize_all();
-  res.layer.loss = 0.0;
-  for (double v : res.row_objective) res.layer.loss += v;
+  write_rows(states, src.gptq, o.grid.bits, threads, res);
   res.accepted_lambda = lambda;
   return res;
 }
