@@ -682,8 +682,8 @@ inline std::optional<RowState> perturbed_clone(const RowState& cur, const RowCtx
 
 // Iterated local search (onecomp.md §1.7): per iteration the worst rows are cloned, each clone's
 // codes are set to 0 (ŵ = 0) with a small probability, evaluated from scratch (the clones of a
-// few rows in one batch), searched again, and the best clone replaces the row when its objective
-// is lower. Random streams are per (iteration, row, clone).
+// few rows in one batch), searched again and evaluated again, and the best clone replaces the
+// row when its objective is lower. Random streams are per (iteration, row, clone).
 inline std::int64_t iterated_local_search(std::vector<RowState>& states, const RowCtx& c, StateEvaluator& ev,
                                           const JointqOptions& o, int threads) {
   const auto rows = static_cast<std::int64_t>(states.size());
@@ -713,6 +713,10 @@ inline std::int64_t iterated_local_search(std::vector<RowState>& states, const R
       parallel_for_each(nb * clones, threads, [&](std::int64_t i) {
         if (auto& st = batch.state(i)) search(c, *st, batch.working_set(i), o.max_sweeps);
       });
+      // Again from scratch: a clone starts far above where its search ends, and the evaluation's
+      // float32 error is relative to the objective it evaluates, so the searched objective would
+      // carry the start's error at many times its own relative size.
+      batch.evaluate(ev, threads);
       parallel_for_each(nb, threads, [&](std::int64_t li) {
         const std::int64_t r = row_of(li);
         RowState& cur = states[static_cast<std::size_t>(r)];
