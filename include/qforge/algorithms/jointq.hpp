@@ -221,9 +221,10 @@ inline void refresh(const RowCtx& c, RowState& st, Scratch& sc) {
 // and w − ŵ are rounded to float (codes exactly) and the GEMM sums in float, so an entry of av or
 // r is off by about √K·2⁻²⁴ of Σ_l |A_jl x_l|. r is formed from w − ŵ rather than as b − A ŵ,
 // which would cancel (b and A ŵ agree to within the quantization error), so its error is
-// relative to r's own scale and obj is good to ~1e-6 relative; the search then works from these values in double, and every
-// step it accepts lowers this objective. Needs μ = 0 (the regularisation is inside A). A batch's
-// results do not depend on how threads split the per-state work.
+// relative to r's own scale and obj is good to ~1e-6 of itself (measured against double: worst
+// 1.4e-6 on the bench layers). The search then works from these values, and every step it
+// accepts lowers this objective. Needs μ = 0 (the regularisation is inside A). A batch's results
+// do not depend on how threads split the per-state work.
 class StateEvaluator {
  public:
   StateEvaluator(const MatrixXdR& a, const float* w, std::int64_t gs, std::int64_t k)
@@ -231,8 +232,8 @@ class StateEvaluator {
 
   // Sets st[i]->r, st[i]->obj and sc[i]->gg from scratch and points sc[i]'s av at this batch's
   // GEMM output (valid until the next call); st[i] is a state of weight row rows[i].
-  void evaluate(const std::vector<RowState*>& st, const std::vector<std::int64_t>& rows, const std::vector<ViewScratch*>& sc,
-                int threads) {
+  void evaluate(const std::vector<RowState*>& st, const std::vector<std::int64_t>& rows,
+                const std::vector<ViewScratch*>& sc, int threads) {
     const auto n = static_cast<std::int64_t>(st.size());
     if (n == 0) return;
     const auto plane = static_cast<std::size_t>(n * m_);
@@ -240,15 +241,18 @@ class StateEvaluator {
     errors_.resize(plane);
     residuals_.resize(plane);
     group_products_.resize(plane * static_cast<std::size_t>(k_));
-    parallel_for_each(n, threads, [&](std::int64_t i) { write_inputs(*st[static_cast<std::size_t>(i)], rows[static_cast<std::size_t>(i)], i); });
+    parallel_for_each(n, threads, [&](std::int64_t i) {
+      write_inputs(*st[static_cast<std::size_t>(i)], rows[static_cast<std::size_t>(i)], i);
+    });
     // A is symmetric, so its rows J_t serve as the [K, N] operand: contiguous rows.
     for (std::int64_t t = 0; t < k_; ++t)
       linalg::gemm({.M = n, .N = m_, .K = gs_, .a = codes_.data() + t * gs_, .lda = m_, .b = a_.data() + t * gs_ * m_,
                     .ldb = m_, .dst = group_product(t, n, 0), .ldd = m_, .b_kn = true});
-    linalg::gemm({.M = n, .N = m_, .K = m_, .a = errors_.data(), .lda = m_, .b = a_.data(), .ldb = m_, .dst = residuals_.data(),
-                  .ldd = m_, .b_kn = true});
+    linalg::gemm({.M = n, .N = m_, .K = m_, .a = errors_.data(), .lda = m_, .b = a_.data(), .ldb = m_,
+                  .dst = residuals_.data(), .ldd = m_, .b_kn = true});
     parallel_for_each(n, threads, [&](std::int64_t i) {
-      read_outputs(*st[static_cast<std::size_t>(i)], rows[static_cast<std::size_t>(i)], *sc[static_cast<std::size_t>(i)], i, n);
+      read_outputs(*st[static_cast<std::size_t>(i)], rows[static_cast<std::size_t>(i)],
+                   *sc[static_cast<std::size_t>(i)], i, n);
     });
   }
 
@@ -261,7 +265,9 @@ class StateEvaluator {
   }
 
  private:
-  float* group_product(std::int64_t t, std::int64_t n, std::int64_t i) { return group_products_.data() + (t * n + i) * m_; }
+  float* group_product(std::int64_t t, std::int64_t n, std::int64_t i) {
+    return group_products_.data() + (t * n + i) * m_;
+  }
   const float* weight_row(std::int64_t r) const { return w_ + r * m_; }
 
   void write_inputs(const RowState& st, std::int64_t row, std::int64_t i) {
@@ -340,7 +346,8 @@ double local_search(const RowCtx& c, std::int64_t t, const double* h, double* vg
 
 // u = (A + μI)[:, J_t] δ for the code change δ = vn − v on group t's entries sc.nz (O(m·nnz)).
 template <class T>
-const double* column_change(const RowCtx& c, std::int64_t t, const double* vn, const RowState& st, BasicScratch<T>& sc) {
+const double* column_change(const RowCtx& c, std::int64_t t, const double* vn, const RowState& st,
+                            BasicScratch<T>& sc) {
   const std::int64_t off = t * c.gs;
   double* u = sc.u.data();
   bool first = true;
@@ -361,7 +368,8 @@ const double* column_change(const RowCtx& c, std::int64_t t, const double* vn, c
 // r −= sn u + ds av[t], av[t] += u and gg row t = v_g·av[t][J_g], in one pass over the m
 // entries instead of three.
 template <class T>
-void update_residual_and_group(RowState& st, BasicScratch<T>& sc, std::int64_t t, const double* u, double sn, double ds) {
+void update_residual_and_group(RowState& st, BasicScratch<T>& sc, std::int64_t t, const double* u, double sn,
+                               double ds) {
   double* r = st.r.data();
   T* avt = sc.col(t);
   for (std::int64_t g = 0; g < sc.k; ++g) {
@@ -412,7 +420,7 @@ bool apply_group(const RowCtx& c, std::int64_t t, const double* vn, double sn, R
 }
 
 // One sweep over the groups with the residual-aware h = r_J + R ŵ_J (the correlation with the
-// residual that leaves group t out). Needs sc current (refresh()).
+// residual that leaves group t out). Needs sc current (StateEvaluator or refresh()).
 template <class T>
 void sweep(const RowCtx& c, RowState& st, BasicScratch<T>& sc) {
   const std::int64_t d = c.gs;
@@ -467,7 +475,8 @@ std::optional<ScaleStep> scale_refit_step(const RowCtx& c, const RowState& st, B
 
 // s += Δ and the objective, and unless update_residual is false, r −= Σ_t Δ_t av[t] (O(m·k)).
 template <class T>
-void take_scale_step(const RowCtx& c, RowState& st, BasicScratch<T>& sc, const ScaleStep& step, bool update_residual = true) {
+void take_scale_step(const RowCtx& c, RowState& st, BasicScratch<T>& sc, const ScaleStep& step,
+                     bool update_residual = true) {
   st.obj += step.change;
   for (std::int64_t t = 0; t < c.k; ++t) {
     at(st.s, t) += step.delta[t];
@@ -663,8 +672,9 @@ struct StateBatch {
 inline std::optional<RowState> perturbed_clone(const RowState& cur, const RowCtx& c, std::uint64_t seed, int iteration,
                                                std::int64_t r, int clone, std::uint64_t threshold) {
   RowState st = cur;
-  std::uint64_t x = splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(iteration) * 0x100000001b3ULL ^
-                                                 splitmix64(static_cast<std::uint64_t>(r) * 131 + static_cast<std::uint64_t>(clone))));
+  std::uint64_t x = splitmix64(
+      seed ^ splitmix64(static_cast<std::uint64_t>(iteration) * 0x100000001b3ULL ^
+                        splitmix64(static_cast<std::uint64_t>(r) * 131 + static_cast<std::uint64_t>(clone))));
   bool changed = false;
   for (std::int64_t j = 0; j < c.m; ++j) {
     x = splitmix64(x);
@@ -707,7 +717,8 @@ inline std::int64_t iterated_local_search(std::vector<RowState>& states, const R
       parallel_for_each(nb * clones, threads, [&](std::int64_t i) {
         const std::int64_t r = row_of(i / clones);
         batch.rows[static_cast<std::size_t>(i)] = r;
-        batch.state(i) = perturbed_clone(states[static_cast<std::size_t>(r)], c, o.ils_seed, it, r, static_cast<int>(i % clones), threshold);
+        batch.state(i) = perturbed_clone(states[static_cast<std::size_t>(r)], c, o.ils_seed, it, r,
+                                         static_cast<int>(i % clones), threshold);
       });
       batch.evaluate(ev, threads);
       parallel_for_each(nb * clones, threads, [&](std::int64_t i) {
@@ -742,7 +753,8 @@ inline std::int64_t iterated_local_search(std::vector<RowState>& states, const R
 struct ClipInputs {
   std::int64_t r0 = 0, rows = 0, m = 0;  // the block: rows r0 .. r0 + rows
   std::vector<float> inputs, products;  // [2·rows, m]: w then v, and their products (one GEMM per group)
-  void compute(const StateEvaluator& ev, const QuantizedLayer& clip, const float* w, std::int64_t first, std::int64_t n) {
+  void compute(const StateEvaluator& ev, const QuantizedLayer& clip, const float* w, std::int64_t first,
+               std::int64_t n) {
     r0 = first;
     rows = n;
     m = clip.cols;
@@ -763,7 +775,8 @@ struct ClipInputs {
 
 // Clip-optimise for one row: min/max rounding, then per group a ±1 local search towards h (the
 // coupling between groups ignored).
-inline RowState clip_optimize(const RowCtx& c, const ClipInputs& in, const QuantizedLayer& clip, std::int64_t r, ViewScratch& sc) {
+inline RowState clip_optimize(const RowCtx& c, const ClipInputs& in, const QuantizedLayer& clip, std::int64_t r,
+                              ViewScratch& sc) {
   RowState st = state_from_layer(clip, r);
   const float* h = in.h_of(r);
   const float* rv = in.rv_of(r);
@@ -790,8 +803,9 @@ struct CandidateSources {
 
 // Row r's candidate `which`, codes and scales only (empty: it does not apply to the row); clip_inputs:
 // the block's, for clip-optimise.
-inline std::optional<RowState> build_candidate(JointqCandidate which, const CandidateSources& src, const ClipInputs& clip_inputs,
-                                               const RowCtx& c, std::int64_t r, ViewScratch& sc) {
+inline std::optional<RowState> build_candidate(JointqCandidate which, const CandidateSources& src,
+                                               const ClipInputs& clip_inputs, const RowCtx& c, std::int64_t r,
+                                               ViewScratch& sc) {
   const float* w = src.w + r * c.m;
   switch (which) {
     case JointqCandidate::kClip: return clip_optimize(c, clip_inputs, *src.clip, r, sc);
@@ -805,8 +819,8 @@ inline std::optional<RowState> build_candidate(JointqCandidate which, const Cand
 // Row r's candidates are batch slots first .. first + kinds.size(), evaluated. Records each one's
 // objective after its scale refit and returns the best slot (the first on ties) with its refit
 // taken (the others' refits only solved: their r is not needed), or −1 when no slot is filled.
-inline std::int64_t best_candidate(const RowCtx& c, StateBatch& batch, std::int64_t first, const std::vector<JointqCandidate>& kinds,
-                                   std::int64_t r, JointqResult& res) {
+inline std::int64_t best_candidate(const RowCtx& c, StateBatch& batch, std::int64_t first,
+                                   const std::vector<JointqCandidate>& kinds, std::int64_t r, JointqResult& res) {
   const auto ri = static_cast<std::size_t>(r);
   std::int64_t best = -1;
   double best_obj = 0.0;
@@ -845,8 +859,9 @@ inline std::vector<JointqCandidate> candidate_kinds(const JointqOptions& o, cons
 // candidates are built (in parallel), evaluated together (StateEvaluator), and each row then
 // refits them, keeps the best and searches it (in parallel). Fills res's per-row candidate,
 // start and search fields; returns the searched states.
-inline std::vector<RowState> search_rows(const RowCtx& c, const CandidateSources& src, const std::vector<JointqCandidate>& kinds,
-                                         StateEvaluator& ev, std::int64_t rows, int max_sweeps, int threads, JointqResult& res,
+inline std::vector<RowState> search_rows(const RowCtx& c, const CandidateSources& src,
+                                         const std::vector<JointqCandidate>& kinds, StateEvaluator& ev,
+                                         std::int64_t rows, int max_sweeps, int threads, JointqResult& res,
                                          std::string_view site) {
   std::vector<RowState> states(static_cast<std::size_t>(rows));
   const auto nc = static_cast<std::int64_t>(kinds.size());
@@ -860,7 +875,8 @@ inline std::vector<RowState> search_rows(const RowCtx& c, const CandidateSources
     parallel_for_each(nr * nc, threads, [&](std::int64_t i) {
       const std::int64_t r = r0 + i / nc;
       batch.rows[static_cast<std::size_t>(i)] = r;
-      batch.state(i) = build_candidate(kinds[static_cast<std::size_t>(i % nc)], src, clip_inputs, c, r, batch.working_set(i));
+      batch.state(i) =
+          build_candidate(kinds[static_cast<std::size_t>(i % nc)], src, clip_inputs, c, r, batch.working_set(i));
     });
     batch.evaluate(ev, threads);
     parallel_for_each(nr, threads, [&](std::int64_t li) {
@@ -882,7 +898,8 @@ inline std::vector<RowState> search_rows(const RowCtx& c, const CandidateSources
 // search kept, not recomputed: every accepted step lowered it, and a recomputation would carry
 // float32 round-off of its own (StateEvaluator). So the GPTQ fallback below is a guard that does
 // not fire; it keeps the promise visible.
-inline void write_rows(std::vector<RowState>& states, const QuantizedLayer* gptq_layer, int bits, int threads, JointqResult& res) {
+inline void write_rows(std::vector<RowState>& states, const QuantizedLayer* gptq_layer, int bits, int threads,
+                       JointqResult& res) {
   parallel_for_each(static_cast<std::int64_t>(states.size()), threads, [&](std::int64_t r) {
     const auto ri = static_cast<std::size_t>(r);
     RowState& st = states[ri];
@@ -942,7 +959,8 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
 
   const CandidateSources src{w.data(), &clip, gq ? &*gq : nullptr, warm, u ? &*u : nullptr, o.grid};
   StateEvaluator ev(a, w.data(), gs, k);
-  std::vector<RowState> states = search_rows(c, src, candidate_kinds(o, src), ev, rows, o.max_sweeps, threads, res, site);
+  std::vector<RowState> states =
+      search_rows(c, src, candidate_kinds(o, src), ev, rows, o.max_sweeps, threads, res, site);
   if (o.ils_enabled) res.ils_improved_rows = iterated_local_search(states, c, ev, o, threads);
   write_rows(states, src.gptq, o.grid.bits, threads, res);
   res.accepted_lambda = lambda;
