@@ -8,7 +8,8 @@
 // residual correlation r = b − A ŵ = A (w − ŵ) up to date incrementally (a group move costs
 // O(d·m), its objective change O(d²)) and never recomputes the objective from scratch inside the
 // search. Each start is evaluated once from scratch, in float32 (StateEvaluator: the O(m²) work
-// per state, as GEMMs over a block of rows); the search then runs in double from there.
+// per state, as GEMMs over a block of rows); the search then runs from there, in double except
+// for A[:, J_t] v_t, which it keeps in float32 as evaluated.
 // Candidates (each with a joint scale refit kept only when it helps), per-row best-of:
 //   clip-optimise (min/max rounding + one decoupled local search per group), clip-optimise-EP
 //   (groups in order, each searched then its error propagated to the unquantized columns, the
