@@ -122,10 +122,11 @@ struct BasicScratch {
   std::int64_t m = 0, gs = 0, k = 0;
   std::vector<double> h, rv, dg, vn, gg, u;
   std::vector<std::int64_t> nz;
+  std::vector<unsigned char> beats;  // local_search: per move (k, ±1), whether it beats the scan's start
   BasicScratch(std::int64_t m_, std::int64_t gs_, std::int64_t k_)
       : m(m_), gs(gs_), k(k_), h(static_cast<std::size_t>(gs_)), rv(static_cast<std::size_t>(gs_)),
         dg(static_cast<std::size_t>(gs_)), vn(static_cast<std::size_t>(gs_)), gg(static_cast<std::size_t>(k_ * k_)),
-        u(static_cast<std::size_t>(m_)) {}
+        u(static_cast<std::size_t>(m_)), beats(static_cast<std::size_t>(2 * gs_)) {}
   void view(T* av, std::int64_t stride) {
     av_ = av;
     stride_ = stride;
@@ -322,12 +323,22 @@ double local_search(const RowCtx& c, std::int64_t t, const double* h, double* vg
   }
   double q = dot(h, vg, d), o = dot(vg, rv, d);
   constexpr double kEps = 1e-12;
+  unsigned char* beats = sc.beats.data();
   for (std::int64_t it = 0; it < 10 * d; ++it) {
     // Compare λ = num/den by cross-multiplication (den > 0): no division in the scan.
     double bnum = o > 0.0 ? q * q : 0.0, bden = o > 0.0 ? o : 1.0;
+    // The bar below only rises from θ, so a move that does not beat θ is never picked: a
+    // branch-free pass marks the moves that do, and the sequential scan visits only those.
+    for (std::int64_t k = 0; k < d; ++k) {
+      const double qp = q + h[k], op = o + 2.0 * rv[k] + dg[k];
+      const double qm = q - h[k], om = o - 2.0 * rv[k] + dg[k];
+      beats[2 * k] = (vg[k] + 1.0 <= vhi) & (op > 0.0) & (qp * qp * bden > bnum * op);
+      beats[2 * k + 1] = (vg[k] - 1.0 >= vlo) & (om > 0.0) & (qm * qm * bden > bnum * om);
+    }
     std::int64_t best_k = -1;
     double best_dir = 0.0;
     for (std::int64_t k = 0; k < d; ++k) {
+      if (!(beats[2 * k] | beats[2 * k + 1])) continue;
       const double qp = q + h[k], op = o + 2.0 * rv[k] + dg[k];
       if (vg[k] + 1.0 <= vhi && op > 0.0 && qp * qp * bden > bnum * op) bnum = qp * qp, bden = op, best_k = k, best_dir = 1.0;
       const double qm = q - h[k], om = o - 2.0 * rv[k] + dg[k];
