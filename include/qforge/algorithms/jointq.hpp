@@ -172,14 +172,7 @@ double dot(const X* __restrict x, const Y* __restrict y, std::int64_t n) {
 inline double at(const std::vector<double>& v, std::int64_t i) { return v[static_cast<std::size_t>(i)]; }
 inline double& at(std::vector<double>& v, std::int64_t i) { return v[static_cast<std::size_t>(i)]; }
 
-// gg row/column t from av[t] (O(m)).
-template <class T>
-void update_gram_row(const RowState& st, BasicScratch<T>& sc, std::int64_t t) {
-  for (std::int64_t u = 0; u < sc.k; ++u) sc.g(u, t) = sc.g(t, u) = dot(st.v.data() + u * sc.gs, sc.col(t) + u * sc.gs, sc.gs);
-}
-
-// All of gg, entry (u, t) for u ≤ t from av[t] (each pair once; the same values as
-// update_gram_row for t = 0 .. k−1 in turn).
+// All of gg, entry (u, t) for u ≤ t from av[t]: each pair once (O(m·k/2)).
 template <class T>
 void fill_gram(const RowState& st, BasicScratch<T>& sc) {
   for (std::int64_t t = 0; t < sc.k; ++t)
