@@ -131,6 +131,11 @@ TEST(Safetensors, MalformedFilesAreErrorsNamingFileAndTensor) {
   { std::ofstream out(p, std::ios::binary); out << "abc"; }
   expect_format_error([&] { SafetensorsFile f(p); }, {p, "shorter than"});
   expect_format_error([&] { SafetensorsFile f(dir.file("missing.safetensors")); }, {"missing.safetensors", "cannot open"});
+  // A quantized tensor's metadata whose tiled_axes key is not a number (found by the fuzzer:
+  // it used to escape as std::invalid_argument).
+  write_raw(p, R"({"__metadata__":{"w.qforge":"{\"qtype\":\"int8\",\"shape\":[2],\"channelwise_axes\":[],\"tiled_axes\":{\"x\":1},\"calibration_method\":\"absmax\"}"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", 1);
+  const SafetensorsFile meta_file(p);
+  expect_format_error([&] { load_qarray(meta_file, "w"); }, {p, "'w'", "tiled_axes key 'x'"});
 }
 
 TEST(Safetensors, AFailedWriteLeavesNoFileAndKeepsTheOldOne) {

@@ -7,7 +7,10 @@
 // "calibration_method"} (JSON text), so a reader recovers the QArray exactly.
 #pragma once
 
+#include <charconv>
+#include <cstring>
 #include <string>
+#include <system_error>
 
 #include <nlohmann/json.hpp>
 
@@ -74,7 +77,16 @@ inline QArray load_qarray(const SafetensorsFile& f, const std::string& name) {
     HowToQuantize how;
     how.qtype = qtype;
     how.channelwise_axes = meta.at("channelwise_axes").get<std::vector<int>>();
-    for (auto& [axis, tile] : meta.at("tiled_axes").items()) how.tiled_axes[std::stoi(axis)] = tile.get<std::int64_t>();
+    for (auto& [axis, tile] : meta.at("tiled_axes").items()) {
+      // The key is an axis written as text; anything else is a malformed file, not an exception
+      // from deep inside the standard library.
+      int a = 0;
+      const auto [end, ec] = std::from_chars(axis.data(), axis.data() + axis.size(), a);
+      if (ec != std::errc{} || end != axis.data() + axis.size())
+        throw_error(Status::kFormatError, "{}: quantized tensor '{}': tiled_axes key '{}' is not an axis", f.path(), name,
+                    axis);
+      how.tiled_axes[a] = tile.get<std::int64_t>();
+    }
     how.calibration_method = meta.at("calibration_method").get<std::string>();
     const std::string what = f.path() + ": " + name;
     TensorF scale = f.to_float(name + ".scale");
