@@ -284,7 +284,15 @@ class GptqRun {
     if (shift_.y)
       linalg::gemm({.M = ni_, .N = rows_, .K = ni_, .a = u_blk_.data(), .lda = ni_, .b = shift_.y + i1_, .ldb = cols_,
                     .dst = work_.data(), .ldd = ldw_, .accumulate = true, .alpha = shift_.alpha, .a_km = true});
-    if (dynamic_groups_ && !opt_.fresh_group_params) stale_ = work_;  // what the reference's global W holds (P5)
+    // What the reference's global W holds (P5) is work as it is now; a copy is needed only when
+    // a group starts after the block's first column, by which time work has moved on.
+    stale_copied_ = false;
+    if (dynamic_groups_ && !opt_.fresh_group_params)
+      for (std::int64_t j = i1_ + 1; j < i2_ && !stale_copied_; ++j)
+        if (j % g_ == 0) {
+          stale_ = work_;
+          stale_copied_ = true;
+        }
     err_.resize(static_cast<std::size_t>(nb_ * ldw_));
     qt_.resize(static_cast<std::size_t>(nb_ * ldw_));
     ct_.resize(static_cast<std::size_t>(nb_ * ldw_));
@@ -339,7 +347,7 @@ class GptqRun {
     tile.resize(static_cast<std::size_t>(nr * g_));
     for (std::int64_t k = 0; k < g_; ++k) {
       const std::int64_t c = i + k;  // block-relative column
-      const float* src = &(opt_.fresh_group_params ? work_ : stale_)[static_cast<std::size_t>(c * ldw_)];
+      const float* src = &(stale_copied_ ? stale_ : work_)[static_cast<std::size_t>(c * ldw_)];
       const std::int64_t pending_from = !opt_.fresh_group_params ? i : c < s1 ? i : c < nb_ ? s0 : 0;
       for (std::int64_t r = r0; r < r1; ++r) {
         float x = src[r];
@@ -411,6 +419,7 @@ class GptqRun {
   std::vector<std::int8_t> codes_perm_;
   std::int8_t* c_perm_ = nullptr;
   std::int64_t i1_ = 0, i2_ = 0, nb_ = 0, ni_ = 0;  // the block, and the columns it reads
+  bool stale_copied_ = false;
   std::vector<float> u_blk_, work_, stale_, err_, qt_, v_;
   std::vector<std::int8_t> ct_;
 };
