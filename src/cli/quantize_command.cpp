@@ -37,6 +37,12 @@ struct QuantizeArgs {
   bool dry_run = false;
   int threads = 0;
   int jointq_threads = 1;  // row threads inside one JointQ tensor (set by run_quantize)
+  // JointQ's options, named as in `qforge layer` and OneComp; unset means JointqOptions' default.
+  std::optional<double> regularization_lambda, regularization_gamma;
+  std::optional<std::string> regularization_mode, lambda_mode;
+  bool any_jointq_option() const {
+    return regularization_lambda || regularization_gamma || regularization_mode || lambda_mode;
+  }
 };
 
 // What one tensor becomes.
@@ -301,6 +307,10 @@ Result run_layer_method(const TensorF& x, const formats::CheckpointTensor& t, co
     algorithms::JointqOptions jo;
     jo.grid = opt.grid;
     jo.threads = a.jointq_threads;
+    jo.regularization_lambda = a.regularization_lambda.value_or(jo.regularization_lambda);
+    jo.regularization_gamma = a.regularization_gamma.value_or(jo.regularization_gamma);
+    jo.regularization_mode = a.regularization_mode.value_or(jo.regularization_mode);
+    jo.lambda_mode = a.lambda_mode.value_or(jo.lambda_mode);
     q = algorithms::jointq(x.data(), rows, cols, st.h.data(), static_cast<double>(std::max<std::int64_t>(st.tokens, 1)), jo,
                            t.name).layer;
   } else if (a.method == "qep") {
@@ -473,6 +483,12 @@ void check_paths(const QuantizeArgs& a) {
   if (a.method != "rtn" && a.method != "gptq" && a.method != "qep" && a.method != "jointq")
     throw_error(Status::kInvalidArgument, "--method {}: unknown (rtn, gptq, qep, jointq)", a.method);
   if (a.method == "rtn" && !a.calib.empty()) throw_error(Status::kInvalidArgument, "--calib is only used by --method gptq|qep|jointq");
+  if (a.method != "jointq" && a.any_jointq_option())
+    throw_error(Status::kInvalidArgument, "--regularization-*/--lambda-mode are JointQ's options; they need --method jointq");
+  if (a.regularization_mode && *a.regularization_mode != "identity" && *a.regularization_mode != "diagonal")
+    throw_error(Status::kInvalidArgument, "--regularization-mode {}: not identity or diagonal", *a.regularization_mode);
+  if (a.lambda_mode && *a.lambda_mode != "fixed_lambda" && *a.lambda_mode != "incremental_lambda")
+    throw_error(Status::kInvalidArgument, "--lambda-mode {}: not fixed_lambda or incremental_lambda", *a.lambda_mode);
   if (a.method != "rtn" && a.calib.empty())
     throw_error(Status::kInvalidArgument, "--method {} needs --calib STATS.safetensors (per-layer Hessians, see `qforge stats`)", a.method);
   if (a.method != "rtn" && formats::format_of(a.output) != formats::FileFormat::kGguf)
@@ -571,6 +587,10 @@ void setup_quantize(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--calib", args.calib, "Per-layer statistics (H, H_delta) from `qforge stats`, for gptq/qep/jointq")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--regularization-lambda", args.regularization_lambda, "JointQ lambda (default 0.1)");
+  cmd->add_option("--regularization-mode", args.regularization_mode, "JointQ identity | diagonal (default diagonal)");
+  cmd->add_option("--regularization-gamma", args.regularization_gamma, "JointQ gamma, diagonal mode (default 0.5)");
+  cmd->add_option("--lambda-mode", args.lambda_mode, "JointQ fixed_lambda | incremental_lambda (default fixed_lambda)");
   cmd->add_option("--report", args.report_path, "Write the per-tensor report as JSON");
   cmd->add_flag("--dry-run", args.dry_run, "Print which rule hits which tensor and the sizes; write nothing");
   cmd->add_option("--threads", args.threads, "Worker threads (default: all cores)")->check(CLI::Range(0, 1 << 30));

@@ -499,6 +499,36 @@ TEST(QuantizeCommand, JointqWithStatisticsIntoGguf) {
   EXPECT_FALSE(std::filesystem::exists(dir / "x.gguf"));
 }
 
+TEST(QuantizeCommand, JointqOptionsReachTheSolverAndAreCheckedFirst) {
+  ScratchDir dir;
+  const CalibratedLayer l(dir);
+  const std::string out = dir / "jq.q4_0.gguf";
+  const auto r = run_qforge("quantize " + l.in + " -o " + out + " --type q4_0 --method jointq --calib " + l.calib +
+                            " --regularization-lambda 0 --regularization-mode identity");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  algorithms::JointqOptions o;
+  o.grid = algorithms::parse_grid("q4_0");
+  o.regularization_lambda = 0.0;
+  o.regularization_mode = "identity";
+  const auto want = algorithms::jointq(l.w.data(), l.rows, l.cols, l.st.h.data(), static_cast<double>(l.tokens), o, "proj");
+  const TensorF got = formats::GgufFile(out).to_float("proj.weight");
+  for (std::int64_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want.layer.weight[static_cast<std::size_t>(i)]) << i;
+  // λ = 0 and the default λ give different results here, so the comparison above can fail.
+  o.regularization_lambda = 0.1;
+  o.regularization_mode = "diagonal";
+  const auto other = algorithms::jointq(l.w.data(), l.rows, l.cols, l.st.h.data(), static_cast<double>(l.tokens), o, "proj");
+  EXPECT_NE(other.layer.weight, want.layer.weight);
+  const std::string bad = dir / "bad.gguf";
+  for (const auto& [flags, message] : {std::pair<std::string, std::string>{"--method gptq --regularization-lambda 0.2", "need --method jointq"},
+                                       {"--method jointq --regularization-mode ridge", "--regularization-mode ridge"},
+                                       {"--method jointq --lambda-mode auto", "--lambda-mode auto"}}) {
+    const auto e = run_qforge("quantize " + l.in + " -o " + bad + " --type q4_0 --calib " + l.calib + " " + flags);
+    EXPECT_EQ(e.exit_code, 1) << flags;
+    EXPECT_NE(e.output.find(message), std::string::npos) << e.output;
+    EXPECT_FALSE(std::filesystem::exists(bad)) << flags;
+  }
+}
+
 // SIGINT at any moment of a run leaves neither OUT nor a temporary file, and IN is unchanged.
 // The model is large enough (48 tensors of 512x512 to NF4) that the run is still going when the
 // signal lands; if it lands before the handler is installed the default action kills the process,
