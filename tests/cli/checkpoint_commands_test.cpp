@@ -438,6 +438,11 @@ struct CalibratedLayer {
       }
     return e;
   }
+  // What `qforge quantize --method jointq` must reproduce: the library on the same weight and
+  // statistics (site "proj").
+  std::vector<float> jointq_weight(const algorithms::JointqOptions& o) const {
+    return algorithms::jointq(w.data(), rows, cols, st.h.data(), static_cast<double>(tokens), o, "proj").layer.weight;
+  }
 };
 
 // --method gptq with per-layer statistics: the GGUF blocks decode exactly to what
@@ -484,10 +489,10 @@ TEST(QuantizeCommand, JointqWithStatisticsIntoGguf) {
     algorithms::JointqOptions o;
     o.grid = algorithms::parse_grid(type);
     o.threads = 3;
-    const auto want = algorithms::jointq(l.w.data(), l.rows, l.cols, l.st.h.data(), static_cast<double>(l.tokens), o, "proj");
+    const auto want = l.jointq_weight(o);
     const formats::GgufFile g(out);
     const TensorF got = g.to_float("proj.weight");
-    for (std::int64_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want.layer.weight[static_cast<std::size_t>(i)]) << i;
+    for (std::int64_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[static_cast<std::size_t>(i)]) << i;
     EXPECT_EQ(g.to_float("proj.bias")[0], 0.1f);
     const double e_jq = l.output_error(got), e_gptq = l.output_error(formats::GgufFile(gptq).to_float("proj.weight"));
     std::printf("[ %s ] output error JointQ %.4g, GPTQ %.4g\n", type, e_jq, e_gptq);
@@ -510,14 +515,13 @@ TEST(QuantizeCommand, JointqOptionsReachTheSolverAndAreCheckedFirst) {
   o.grid = algorithms::parse_grid("q4_0");
   o.regularization_lambda = 0.0;
   o.regularization_mode = "identity";
-  const auto want = algorithms::jointq(l.w.data(), l.rows, l.cols, l.st.h.data(), static_cast<double>(l.tokens), o, "proj");
+  const auto want = l.jointq_weight(o);
   const TensorF got = formats::GgufFile(out).to_float("proj.weight");
-  for (std::int64_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want.layer.weight[static_cast<std::size_t>(i)]) << i;
+  for (std::int64_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[static_cast<std::size_t>(i)]) << i;
   // λ = 0 and the default λ give different results here, so the comparison above can fail.
   o.regularization_lambda = 0.1;
   o.regularization_mode = "diagonal";
-  const auto other = algorithms::jointq(l.w.data(), l.rows, l.cols, l.st.h.data(), static_cast<double>(l.tokens), o, "proj");
-  EXPECT_NE(other.layer.weight, want.layer.weight);
+  EXPECT_NE(l.jointq_weight(o), want);
   const std::string bad = dir / "bad.gguf";
   for (const auto& [flags, message] : {std::pair<std::string, std::string>{"--method gptq --regularization-lambda 0.2", "need --method jointq"},
                                        {"--method jointq --regularization-mode ridge", "--regularization-mode ridge"},

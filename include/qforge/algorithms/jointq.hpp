@@ -102,6 +102,21 @@ struct RowCtx {
   double yy = 0.0;
 };
 
+// The part of a row's problem every row of a layer shares: A, its diagonal, the group layout and
+// the signed code range of a bits-wide grid.
+inline RowCtx shared_row_context(const double* a, const double* diag, std::int64_t m, std::int64_t gs, std::int64_t k,
+                                 int bits) {
+  RowCtx c;
+  c.a = a;
+  c.diag = diag;
+  c.m = m;
+  c.gs = gs;
+  c.k = k;
+  c.lo = -(1 << (bits - 1));
+  c.hi = (1 << (bits - 1)) - 1;
+  return c;
+}
+
 struct RowState {
   std::vector<double> v;     // codes relative to zero, per column
   std::vector<double> s;     // scale per group
@@ -943,15 +958,8 @@ inline JointqResult jointq_fixed(const std::vector<float>& w, std::int64_t rows,
     u = ep_factor(a);
     if (!u) notes.push_back(fmt::format("{}: clip-optimize-EP skipped (regularised Gram matrix not factorable)", site));
   }
-  RowCtx c;
   const Eigen::VectorXd diag = a.diagonal();
-  c.a = a.data();
-  c.diag = diag.data();
-  c.m = cols;
-  c.gs = gs;
-  c.k = k;
-  c.lo = -(1 << (o.grid.bits - 1));
-  c.hi = (1 << (o.grid.bits - 1)) - 1;
+  RowCtx c = shared_row_context(a.data(), diag.data(), cols, gs, k, o.grid.bits);
   res.layer = clip;
   res.layer.notes = std::move(notes);
   if (gq) res.layer.notes.insert(res.layer.notes.end(), gq->notes.begin(), gq->notes.end());
@@ -1165,14 +1173,7 @@ inline JointqEpResult jointq_error_propagation(const float* w, std::int64_t rows
     const double yy = wr.dot(XX * wr);
     const Eigen::VectorXd e0 = wr - w0r;
     const double f = e0.dot(XX * e0);
-    detail::RowCtx c;
-    c.a = hh;
-    c.diag = hh_diag.data();
-    c.m = cols;
-    c.gs = gs;
-    c.k = k;
-    c.lo = -(1 << (w0.grid.bits - 1));
-    c.hi = (1 << (w0.grid.bits - 1)) - 1;
+    detail::RowCtx c = detail::shared_row_context(hh, hh_diag.data(), cols, gs, k, w0.grid.bits);
     c.b = b.data() + r * cols;
     c.yy = yy;
     detail::refresh(c, st, sc);

@@ -25,21 +25,35 @@ struct QepOptions {
   bool apply_correction = true;
 };
 
+namespace detail {
+// W·H_δ[:, col(0..cols)] in float32 on the backend (H_δ's columns read through col, so a
+// factor's permutation costs nothing; H_δ as the GEMM's [K, N] operand).
+template <class ColumnOf>
+std::vector<float> times_h_delta(const float* w, std::int64_t rows, std::int64_t cols, const double* h_delta,
+                                 ColumnOf&& col) {
+  std::vector<float> hd_f(static_cast<std::size_t>(cols * cols));
+  parallel_for_each(cols, backend::num_threads(), [&](std::int64_t a) {
+    for (std::int64_t i = 0; i < cols; ++i) hd_f[static_cast<std::size_t>(a * cols + i)] = static_cast<float>(h_delta[a * cols + col(i)]);
+  });
+  std::vector<float> z(static_cast<std::size_t>(rows * cols));
+  linalg::gemm({.M = rows, .N = cols, .K = cols, .a = w, .lda = cols, .b = hd_f.data(), .ldb = cols, .dst = z.data(),
+                .ldd = cols, .b_kn = true});
+  return z;
+}
+
+[[noreturn]] inline void throw_qep_not_positive_definite(std::string_view site, double damping_factor) {
+  throw_error(Status::kNumericalError, "{}: QEP: H + {} x mean(diag) I is not positive definite; raise damping_factor",
+              site, damping_factor);
+}
+}  // namespace detail
+
 inline std::vector<float> qep_correct(const float* w, std::int64_t rows, std::int64_t cols, const double* h,
                                       const double* h_delta, const QepOptions& opt, std::string_view site = "layer") {
   std::vector<float> out(w, w + rows * cols);
   if (!opt.apply_correction || opt.correction_factor == 0.0) return out;
   detail::check_finite_parallel(h, cols * cols, "Hessian", site);
   detail::check_finite_parallel(h_delta, cols * cols, "H_delta", site);
-  // Z = W·H_δ on the backend in float32 (H_δ as the GEMM's [K, N] operand).
-  std::vector<float> hd_f(static_cast<std::size_t>(cols * cols));
-  parallel_for_each(cols, backend::num_threads(), [&](std::int64_t a) {
-    for (std::int64_t b = 0; b < cols; ++b) hd_f[static_cast<std::size_t>(a * cols + b)] = static_cast<float>(h_delta[a * cols + b]);
-  });
-  std::vector<float> dw(static_cast<std::size_t>(rows * cols));
-  linalg::gemm({.M = rows, .N = cols, .K = cols, .a = w, .lda = cols, .b = hd_f.data(), .ldb = cols, .dst = dw.data(),
-                .ldd = cols, .b_kn = true});
-  hd_f = {};
+  std::vector<float> dw = detail::times_h_delta(w, rows, cols, h_delta, [](std::int64_t i) { return i; });  // Z = W·H_δ
   // ΔW = Z (H + λI)⁻¹ = Z Ũ⁻ᵀ Ũ⁻¹ with H + λI = Ũ Ũᵀ: two blocked triangular solves whose work
   // is GEMMs on the backend (linalg.hpp), like GPTQ's factorisation.
   double mean_diag = 0.0;
@@ -48,8 +62,7 @@ inline std::vector<float> qep_correct(const float* w, std::int64_t rows, std::in
   linalg::UpperCholesky chol;
   if (!linalg::cholesky_upper(linalg::upper_triangle(cols, [&](std::int64_t i, std::int64_t j) { return h[i * cols + j]; }, lambda),
                               cols, chol))
-    throw_error(Status::kNumericalError, "{}: QEP: H + {} x mean(diag) I is not positive definite; raise damping_factor",
-                site, opt.damping_factor);
+    detail::throw_qep_not_positive_definite(site, opt.damping_factor);
   linalg::solve_right(chol, dw.data(), rows, cols, true);
   linalg::solve_right(chol, dw.data(), rows, cols, false);
   parallel_for_each(rows, backend::num_threads(), [&](std::int64_t r) {
@@ -83,17 +96,9 @@ inline QuantizedLayer qep_gptq(const float* w, std::int64_t rows, std::int64_t c
   detail::check_finite_parallel(h_delta, cols * cols, "H_delta", site);
   const GptqPlan plan = plan_gptq(h, cols, gptq_opt, site);
   if (plan.retries > 0)  // QEP's own damping does not give a positive-definite matrix either
-    throw_error(Status::kNumericalError, "{}: QEP: H + {} x mean(diag) I is not positive definite; raise damping_factor",
-                site, qep.damping_factor);
+    detail::throw_qep_not_positive_definite(site, qep.damping_factor);
   // Y = W H_δ Pᵀ Ũ⁻ᵀ: H_δ's columns are read in factor order, then one triangular solve.
-  std::vector<float> hd_f(static_cast<std::size_t>(cols * cols));
-  parallel_for_each(cols, backend::num_threads(), [&](std::int64_t a) {
-    for (std::int64_t i = 0; i < cols; ++i) hd_f[static_cast<std::size_t>(a * cols + i)] = static_cast<float>(h_delta[a * cols + plan.col(i)]);
-  });
-  std::vector<float> y(static_cast<std::size_t>(rows * cols));
-  linalg::gemm({.M = rows, .N = cols, .K = cols, .a = w, .lda = cols, .b = hd_f.data(), .ldb = cols, .dst = y.data(),
-                .ldd = cols, .b_kn = true});
-  hd_f = {};
+  std::vector<float> y = detail::times_h_delta(w, rows, cols, h_delta, [&](std::int64_t i) { return plan.col(i); });
   linalg::solve_right(plan.factor, y.data(), rows, cols, true);
   detail::check_finite_parallel(y.data(), rows * cols, "QEP correction", site);
   return gptq_planned(w, rows, cols, plan, gptq_opt, site, {y.data(), static_cast<float>(qep.correction_factor)});
