@@ -1,4 +1,5 @@
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <random>
@@ -274,7 +275,17 @@ TEST(CalibratingProvider, DampingRetriesReachTheReport) {
   const auto& notes = res.layers[0].layer.notes;
   ASSERT_FALSE(notes.empty());
   EXPECT_NE(res.report.sites[0].note.find(notes[0]), std::string::npos);
-  EXPECT_GT(res.report.sites[0].damping, 0.0);
+  // The absolute damping is factor · mean(diag H); a factor of 1 on the same H needs no retry, so
+  // it reads mean(diag H) back. The retried damping must have risen by whole factors of ten.
+  g.damping_factor = 1.0;
+  nn::Rng same_rng(10);
+  nn::Mlp same_model({32, 16}, same_rng);
+  const double mean_diag = qp::calibrate_and_quantize(same_model, {g}, batches).report.sites[0].damping;
+  ASSERT_GT(mean_diag, 0.0);
+  const double rise = res.report.sites[0].damping / (1e-10 * mean_diag);
+  std::printf("damping rose %gx above the requested value\n", rise);
+  EXPECT_GE(rise, 10.0 * (1 - 1e-9));
+  EXPECT_NEAR(std::log10(rise), std::round(std::log10(rise)), 1e-6);
 }
 
 TEST(CalibratingProvider, ErrorsNameSiteAndRuleAndChangeNothing) {

@@ -180,6 +180,12 @@ TEST(Gptq, DeadColumnsAreZeroedAndAllDeadIsRtn) {
   std::vector<double> zero(32 * 32, 0.0);
   const auto z = qa::gptq(l.w.data(), 4, 32, zero.data(), qa::GptqOptions{});
   EXPECT_FALSE(z.notes.empty());
+  // No calibration signal at all: the layer keeps its round-to-nearest codes, weights and params
+  // (the reference would zero every column and return a zero layer).
+  const auto rtn = qa::quantize_rtn(l.w.data(), 4, 32, qa::GptqOptions{}.grid);
+  EXPECT_EQ(z.codes, rtn.codes);
+  EXPECT_EQ(z.weight, rtn.weight);
+  EXPECT_NE(z.notes.front().find("all columns dead"), std::string::npos) << z.notes.front();
 }
 
 TEST(Gptq, UpperFactorTimesDampedHessianIsIdentity) {

@@ -1,3 +1,6 @@
+#include <cstdio>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -155,6 +158,47 @@ TEST(Jointq, NeverWorseThanItsGptqStartOnAnyRow) {
   }
 }
 
+// The λ that OneComp's incremental rule (onecomp.md §1.6) accepts, replayed here: each candidate is
+// the fixed-λ solve warm-started from the last accepted result, its errors are recomputed in
+// double (relative squared weight error and H-weighted output error), and the walk stops at the
+// first candidate that neither lowers both errors nor trades ≤ 3% of E_y for ≥ 10% of E_w.
+double expected_incremental_lambda(const std::vector<float>& w, std::int64_t rows, std::int64_t cols,
+                                   const std::vector<double>& h, double tokens, const qa::JointqOptions& o) {
+  const qa::MatrixXdR xx = Eigen::Map<const qa::MatrixXdR>(h.data(), cols, cols);
+  const auto errors = [&](const qa::QuantizedLayer& q) {
+    double nw = 0, dw = 0, ny = 0, dy = 0;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      Eigen::VectorXd a(cols), d(cols);
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const auto k = static_cast<std::size_t>(r * cols + j);
+        a[j] = w[k];
+        d[j] = a[j] - q.weight[k];
+      }
+      nw += a.squaredNorm(), dw += d.squaredNorm(), ny += a.dot(xx * a), dy += d.dot(xx * d);
+    }
+    return std::pair{dw / nw, dy / ny};
+  };
+  std::optional<qa::JointqResult> accepted;
+  std::pair<double, double> prev{};
+  std::size_t accepted_index = 0;
+  for (std::size_t i = 0; i < o.lambda_list.size(); ++i) {
+    auto cand = qa::detail::jointq_fixed(w, rows, cols, xx, tokens, o.lambda_list[i], o,
+                                         accepted ? &accepted->layer : nullptr, "replay");
+    const auto [ew, ey] = errors(cand.layer);
+    if (accepted && !((ey < prev.second && ew < prev.first) ||
+                      (ew <= prev.first && ey <= 1.03 * prev.second && ew <= 0.9 * prev.first)))
+      break;
+    accepted = std::move(cand);
+    prev = {ew, ey};
+    accepted_index = i;
+  }
+  std::printf("incremental lambda: accepted %zu of %zu (lambda %g)\n", accepted_index + 1, o.lambda_list.size(),
+              o.lambda_list[accepted_index]);
+  // The data must make the walk advance, or a loop that never leaves the first λ would pass.
+  EXPECT_GT(accepted_index, 0u);
+  return o.lambda_list[accepted_index];
+}
+
 TEST(Jointq, RegularisationActOrderAndIncrementalLambda) {
   const auto l = correlated_layer(8, 32, 300, 91);
   const auto h = gram(l.x, l.tokens, l.cols);
@@ -171,7 +215,7 @@ TEST(Jointq, RegularisationActOrderAndIncrementalLambda) {
   o.regularization_mode = "identity";
   o.lambda_mode = "incremental_lambda";
   const auto inc = qa::jointq(l.w.data(), 8, 32, h.data(), 300.0, o);
-  EXPECT_NE(std::find(o.lambda_list.begin(), o.lambda_list.end(), inc.accepted_lambda), o.lambda_list.end());
+  EXPECT_EQ(inc.accepted_lambda, expected_incremental_lambda(l.w, 8, 32, h, 300.0, o));
   o.regularization_mode = "diagonal";
   EXPECT_THROW(qa::jointq(l.w.data(), 8, 32, h.data(), 300.0, o), qforge::Error);
   o.lambda_mode = "fixed_lambda";

@@ -256,5 +256,36 @@ TEST(QArray, StochasticRoundingIsReproducibleAndUnbiasedOverATensor) {
   EXPECT_NEAR(bias / static_cast<double>(x.size()), 0.0, 6 * a.scale()[0] / 2 / 64);
 }
 
+// A value 0.3 of a step above a grid point: stochastic rounding must land on the upper point 30%
+// of the time, so the mean code converges to the value itself (round-to-nearest would give the
+// lower point every time), and different seeds must give different codes.
+TEST(QArray, StochasticRoundingMeanConvergesToAnOffGridValue) {
+  constexpr std::int64_t kCount = 1 << 14;
+  constexpr double kOffGrid = 2.3;
+  TensorF x({kCount}, static_cast<float>(kOffGrid));
+  x[0] = 7.5f;  // absmax / int4's bound 7.5: the scale is exactly 1, so codes are in value units
+  const HowToQuantize how{QType::kInt4, {}, {}, "absmax"};
+  std::vector<std::vector<int>> codes_per_seed;
+  for (std::uint64_t seed : {1u, 2u, 3u}) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    QuantizeOptions opts;
+    opts.stochastic_seed = seed;
+    const QArray q = quantize(x, how, opts);
+    ASSERT_EQ(q.scale()[0], 1.0f);
+    const TensorF dq = dequantize(q);
+    double sum = 0;
+    for (std::int64_t i = 1; i < kCount; ++i) {
+      ASSERT_TRUE(dq[i] == 2.0f || dq[i] == 3.0f) << "element " << i << " rounded to " << dq[i];
+      sum += dq[i];
+    }
+    // Each code is 2 + Bernoulli(0.3): std sqrt(0.21) ~ 0.458; the mean of n is within 6 sigma.
+    const double n = static_cast<double>(kCount - 1);
+    EXPECT_NEAR(sum / n, kOffGrid, 6 * std::sqrt(0.21 / n));
+    codes_per_seed.push_back(codes_of(q));
+  }
+  EXPECT_NE(codes_per_seed[0], codes_per_seed[1]);
+  EXPECT_NE(codes_per_seed[1], codes_per_seed[2]);
+}
+
 }  // namespace
 }  // namespace qforge

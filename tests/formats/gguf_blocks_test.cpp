@@ -186,8 +186,9 @@ TEST(GgmlTypes, RemovedAndUnknownIdsAreRejected) {
   EXPECT_THROW(ggml_row_bytes(GgmlType::kQ4_0, 100, "blk.0.attn_q.weight"), Error);
   try {
     ggml_row_bytes(GgmlType::kQ8_0, 100, "blk.0.attn_q.weight");
+    FAIL() << "a row of 100 values is not a whole number of Q8_0 blocks, yet no error was raised";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.weight"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.weight"), std::string::npos) << e.what();
   }
 }
 

@@ -13,6 +13,8 @@
 namespace qforge::providers {
 namespace {
 
+using test_util::check_backward;
+using test_util::Check;
 using test_util::max_rel_diff;
 using test_util::random_tensor;
 
@@ -212,27 +214,43 @@ TEST(ActivationProduct, QatStaticOperandScalesUpdateOnlyWhileTraining) {
 }
 
 // QT on a product of two activations: both backward products in integers on the forward codes,
-// within the gradient's quantization error of the float product of the dequantized operands.
-TEST(ActivationProduct, QtBackwardIsCloseToTheDequantizedProduct) {
-  Scores m(random_tensor({2, 5, 8}, 61));
-  nn::Var x(random_tensor({2, 4, 8}, 62), true);
+// per group g exactly QT's per-tile scheme (the gradient scale-shifted and quantized per row once
+// per K tile, times the other operand's codes), and within that rounding's bound of the float
+// product of the dequantized operands — which a backward without gradient quantization, or QAT's
+// float straight-through product, would match instead of the integer scheme.
+TEST(ActivationProduct, QtBackwardIsTheIntegerPerTileScheme) {
+  constexpr std::int64_t G = 2, M = 4, N = 5, K = 8;
+  Scores m(random_tensor({G, N, K}, 61));
+  nn::Var x(random_tensor({G, M, K}, 62), true);
   auto rule = einsum_rule<rules::QtRule>(QType::kInt8, std::int64_t{4});
   rule.bwd_qtype = QType::kInt8;
   const auto report = quantize_model(m, QtProvider({rule}), {x.value()});
   EXPECT_EQ(report.find("/einsum0")->mode, "qt");
-  const TensorF r = random_tensor({2, 4, 5}, 63);
+  const TensorF r = random_tensor({G, M, N}, 63);
   nn::Context ctx(m.interceptor().get(), true);
   nn::backward(m.forward(ctx, x), r);
-  const TensorF bq = fake_quantize(m.y().value(), operand_how(QType::kInt8, 4));
-  TensorF da({2, 4, 8});
-  for (std::int64_t g = 0; g < 2; ++g)
-    for (std::int64_t i = 0; i < 4; ++i)
-      for (std::int64_t j = 0; j < 5; ++j)
-        for (std::int64_t k = 0; k < 8; ++k) da[(g * 4 + i) * 8 + k] += r[(g * 4 + i) * 5 + j] * bq[(g * 5 + j) * 8 + k];
-  const double err = max_rel_diff(x.grad(), da);
-  std::printf("QT einsum dlhs vs float product of dequantized operands: %.3g relative\n", err);
-  EXPECT_LT(err, 0.02);  // int8 gradient over 5 terms: a few parts per thousand
-  EXPECT_GT(err, 0.0);   // and not the float product itself
+  const auto slice = [](const TensorF& t, std::int64_t g) {
+    const std::int64_t rows = t.shape()[1], cols = t.shape()[2];
+    TensorF out({rows, cols});
+    std::copy_n(t.data() + g * rows * cols, rows * cols, out.data());
+    return out;
+  };
+  // Per group the operands carry Qwix's einsum layout: a scale per row and K tile of 4.
+  const HowToQuantize per_group{QType::kInt8, {0}, {{1, std::int64_t{4}}}, "absmax"};
+  for (std::int64_t g = 0; g < G; ++g) {
+    SCOPED_TRACE(::testing::Message() << "group " << g);
+    const TensorF rg = slice(r, g);
+    const Check dx = check_backward(rg, quantize(slice(m.y().value(), g), per_group), slice(x.grad(), g));
+    const Check dy = check_backward(detail::transpose2(rg), quantize(slice(x.value(), g), per_group),
+                                    slice(m.y().grad(), g));
+    std::printf("group %lld: dlhs exact/ulps %.2g, err/bound %.3f, rel %.4f | drhs exact/ulps %.2g, err/bound %.3f\n",
+                static_cast<long long>(g), dx.exact_ratio, dx.bound_ratio, dx.float_rel, dy.exact_ratio, dy.bound_ratio);
+    EXPECT_LE(dx.exact_ratio, 1.0);
+    EXPECT_LE(dy.exact_ratio, 1.0);
+    EXPECT_LE(dx.bound_ratio, 1.0);
+    EXPECT_LE(dy.bound_ratio, 1.0);
+    EXPECT_GT(dx.float_rel, 0.0);  // not the float product of the dequantized operands
+  }
 }
 
 // ---- errors: site and rule named, the model left as it was ------------------------------------

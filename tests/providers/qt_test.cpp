@@ -2,7 +2,9 @@
 // static scales that update only while training.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "qforge/nn/zoo.hpp"
 #include "qforge/providers/qt.hpp"
@@ -100,15 +102,55 @@ TEST(Qt, QtBackwardIsTheIntegerProductOfQuantizedGradientAndCodes) {
   EXPECT_LT(max_rel_diff(m.lin.weight().var.grad(), plain.lin.weight().var.grad()), 0.03);
 }
 
-TEST(Qt, StochasticRoundingOfGradientsIsSeededAndUnbiasedEnough) {
-  OneLinear a, b;
+// Stochastic rounding of the int4 gradient: a seed reproduces itself, seeds differ from each other
+// and from round-to-nearest, and the mean of dx over seeds converges to the product of the
+// unrounded (scale-shifted) gradient with the weight codes, the quantity the rounding is unbiased for.
+TEST(Qt, StochasticRoundingOfGradientsIsSeededAndUnbiased) {
   QtRule r = qt_rule(QType::kInt8, QType::kInt8, QType::kInt4);
+  OneLinear nearest;
+  quantize_model(nearest.lin, QtProvider({r}), {nearest.x.value()});
+  nearest.run();
   r.bwd_stochastic_rounding = "uniform";
-  quantize_model(a.lin, QtProvider({r}, 42), {a.x.value()});
-  quantize_model(b.lin, QtProvider({r}, 42), {b.x.value()});
-  a.run();
-  b.run();
-  EXPECT_EQ(a.x.grad().vec(), b.x.grad().vec());
+  const auto dx_with_seed = [&](std::uint64_t seed) {
+    OneLinear m;
+    quantize_model(m.lin, QtProvider({r}, seed), {m.x.value()});
+    m.run();
+    return m.x.grad();
+  };
+  EXPECT_EQ(dx_with_seed(42).vec(), dx_with_seed(42).vec());
+
+  OneLinear m;
+  const QArray qw = quantize(m.lin.weight().var.value(), {QType::kInt8, {0}, {}, "absmax"});
+  const TensorF g = detail::scale_columns(m.r, qw.scale());
+  const QArray g_nearest = quantize(g, {QType::kInt4, {0}, {}, "absmax"});
+  constexpr int kSeeds = 256;
+  std::vector<double> mean(6 * 24, 0.0);
+  std::vector<std::vector<float>> first_two;
+  for (int s = 1; s <= kSeeds; ++s) {
+    const TensorF dx = dx_with_seed(static_cast<std::uint64_t>(s));
+    EXPECT_NE(dx.vec(), nearest.x.grad().vec()) << "seed " << s << " rounded every gradient to nearest";
+    if (s <= 2) first_two.push_back(dx.vec());
+    for (std::size_t i = 0; i < mean.size(); ++i) mean[i] += dx.vec()[i] / kSeeds;
+  }
+  EXPECT_NE(first_two[0], first_two[1]);
+  // Rounding v + U(-0.5, 0.5) to nearest has mean v; only int4's clip of 8 to 7 biases it, by
+  // P(v + u >= 7.5) = v - 7 for v > 7 (the row maximum sits at 7.5 steps under absmax).
+  const auto expected_code = [](double v) { return v - std::max(0.0, v - 7.0); };
+  // Per seed, dx[i,k] - expected = sum_n e[i,n] code[n,k] with independent zero-mean errors
+  // |e| < step_i (the int4 scale of gradient row i), so its variance is at most step_i^2/4 ·
+  // sum_n code[n,k]^2; the mean over kSeeds lies within 6 of its standard deviations.
+  for (std::int64_t i = 0; i < 6; ++i)
+    for (std::int64_t k = 0; k < 24; ++k) {
+      const double step = g_nearest.scale()[i];
+      double exact = 0, codes_sq = 0;
+      for (std::int64_t n = 0; n < 12; ++n) {
+        const double c = qw.code(n * 24 + k);
+        exact += step * expected_code(double(g.at(i, n)) / step) * c;
+        codes_sq += c * c;
+      }
+      const double sigma = std::sqrt(step * step / 4 * codes_sq / kSeeds);
+      EXPECT_NEAR(mean[static_cast<std::size_t>(i * 24 + k)], exact, 6 * sigma) << "dx[" << i << "," << k << "]";
+    }
 }
 
 TEST(Qt, StaticScalesUpdateOnlyWhileTraining) {

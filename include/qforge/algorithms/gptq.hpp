@@ -440,6 +440,13 @@ class GptqRun {
 // d keeps using the unshifted W.
 inline QuantizedLayer gptq_planned(const float* w_in, std::int64_t rows, std::int64_t cols, const GptqPlan& plan,
                                    const GptqOptions& opt, std::string_view site, GptqShift shift = {}) {
+  // With every column dead the reference would zero the whole of W and quantize zeros; a layer
+  // that calibration never reached keeps its round-to-nearest weights instead (docs/algorithms.md).
+  if (plan.dead_count == cols) {
+    QuantizedLayer q = quantize_rtn(w_in, rows, cols, opt.grid, site);
+    q.notes = plan.notes;
+    return q;
+  }
   detail::GptqRun run(w_in, rows, cols, plan, opt, site, shift);
   for (std::int64_t i1 = 0; i1 < cols; i1 += opt.block_size) run.run_block(i1);
   return run.finish();
