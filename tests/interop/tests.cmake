@@ -17,3 +17,13 @@ foreach(_check gguf safetensors)
                    ${CMAKE_CURRENT_BINARY_DIR}/interop_${_check} ${CMAKE_CURRENT_LIST_DIR}/check_${_check}.py)
   set_tests_properties(${_name} PROPERTIES LABELS interop SKIP_RETURN_CODE 77 TIMEOUT 120)
 endforeach()
+
+# Qwix itself (scripts/qwix-env.sh adds qwix and CPU JAX to the environment): qforge's quantize and
+# dequantize over qtypes, tilings and calibration methods against Qwix's, on seeded arrays.
+add_executable(qforge_qwix_case_writer ${CMAKE_CURRENT_LIST_DIR}/write_qwix_cases.cpp)
+target_link_libraries(qforge_qwix_case_writer PRIVATE qforge::qforge)
+qforge_set_warnings(qforge_qwix_case_writer)
+add_test(NAME interop.qwix_numerics
+         COMMAND ${CMAKE_CURRENT_LIST_DIR}/run_check.sh ${_qforge_pyenv} $<TARGET_FILE:qforge_qwix_case_writer>
+                 ${CMAKE_CURRENT_BINARY_DIR}/interop_qwix ${CMAKE_CURRENT_LIST_DIR}/check_qwix.py "jax, qwix")
+set_tests_properties(interop.qwix_numerics PROPERTIES LABELS interop SKIP_RETURN_CODE 77 TIMEOUT 300)

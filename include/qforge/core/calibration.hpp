@@ -193,7 +193,7 @@ inline CalibratedRange calibrate(const float* x, const QuantLayout& layout, cons
   switch (m.kind) {
     case CalibrationKind::kAbsMax:
       layout.for_each([&](std::int64_t e, std::int64_t c) { hi[c] = std::max(hi[c], std::fabs(x[e])); });
-      for (std::int64_t c = 0; c < cells; ++c) hi[c] = static_cast<float>(hi[c] * m.factor);
+      for (std::int64_t c = 0; c < cells; ++c) hi[c] *= static_cast<float>(m.factor);  // float32, as Qwix
       break;
     case CalibrationKind::kMinMax:  // lo starts at 0 and hi at 0: min clipped to <= 0, max to >= 0
       layout.for_each([&](std::int64_t e, std::int64_t c) {
@@ -201,8 +201,8 @@ inline CalibratedRange calibrate(const float* x, const QuantLayout& layout, cons
         hi[c] = std::max(hi[c], x[e]);
       });
       for (std::int64_t c = 0; c < cells; ++c) {
-        lo[c] = static_cast<float>(lo[c] * m.factor);
-        hi[c] = static_cast<float>(hi[c] * m.factor);
+        lo[c] *= static_cast<float>(m.factor);
+        hi[c] *= static_cast<float>(m.factor);
       }
       break;
     case CalibrationKind::kRms: {
@@ -235,10 +235,11 @@ inline CalibratedRange calibrate(const float* x, const QuantLayout& layout, cons
   return r;
 }
 
-// Scale and zero point from a calibrated range (Qwix compute_scale / compute_zero_point):
-// symmetric scale = absmax / B; asymmetric scale = (hi - lo) / (qmax - qmin) and
-// zp = round(qmin - lo / scale), saturated. A scale below sqrt(FLT_MIN) becomes 1, so an all-zero
-// cell quantizes to 0 with no NaN.
+// Scale and zero point from a calibrated range (Qwix compute_scale / compute_zero_point), with
+// Qwix's float32 arithmetic as XLA runs it: the division by a constant bound is a multiplication
+// by that bound's float32 reciprocal, so symmetric scale = absmax · fl(1/B) and asymmetric
+// scale = (hi − lo) · fl(1/(qmax − qmin)); zp = round(qmin − lo · fl(1/scale)), saturated. A scale
+// below sqrt(FLT_MIN) becomes 1, so an all-zero cell quantizes to 0 with no NaN.
 struct ScaleAndZeroPoint {
   TensorF scale;
   std::optional<Tensor<std::int32_t>> zero_point;
@@ -254,23 +255,19 @@ inline ScaleAndZeroPoint compute_scale(const CalibratedRange& r, QType qtype) {
   ScaleAndZeroPoint out{TensorF(r.hi.shape()), std::nullopt};
   const std::int64_t cells = r.hi.size();
   if (r.symmetric) {
-    for (std::int64_t c = 0; c < cells; ++c) {
-      // Round the scale toward zero (at most 1 ulp below Qwix's absmax / B) so that x / scale
-      // reaches +/-B for x = +/-absmax: the extremes then land on qmax and qmin as the half-step
-      // bound intends (-2 / (2 / 127.5f) is -127.49999 in float32 otherwise). docs/user-guide.md.
-      const double exact = static_cast<double>(r.hi[c]) / qi.symmetric_bound;
-      float s = static_cast<float>(exact);
-      if (static_cast<double>(s) > exact) s = std::nextafter(s, 0.0f);
-      out.scale[c] = guard_scale(s);
-    }
+    const float reciprocal = 1.0f / static_cast<float>(qi.symmetric_bound);
+    // Qwix's bound B = qmax + 0.5 means ±absmax maps to ±B; its float32 scale can leave
+    // −absmax · fl(1/scale) a hair above −B (−127.49999), so that value lands on qmin + 1, as in Qwix.
+    for (std::int64_t c = 0; c < cells; ++c) out.scale[c] = guard_scale(r.hi[c] * reciprocal);
     return out;
   }
   out.zero_point = Tensor<std::int32_t>(r.hi.shape());
-  const float qrange = static_cast<float>(qi.qmax - qi.qmin);
+  const float reciprocal_range = 1.0f / static_cast<float>(qi.qmax - qi.qmin);
   for (std::int64_t c = 0; c < cells; ++c) {
-    const float s = guard_scale((r.hi[c] - r.lo[c]) / qrange);
+    const float s = guard_scale((r.hi[c] - r.lo[c]) * reciprocal_range);
     out.scale[c] = s;
-    (*out.zero_point)[c] = round_saturate(static_cast<double>(static_cast<float>(qi.qmin) - r.lo[c] / s), qi.qmin, qi.qmax);
+    (*out.zero_point)[c] =
+        round_saturate(static_cast<double>(static_cast<float>(qi.qmin) - r.lo[c] * (1.0f / s)), qi.qmin, qi.qmax);
   }
   return out;
 }

@@ -121,9 +121,12 @@ inline QArray quantize_with_scale(const TensorF& x, const HowToQuantize& how, Sc
   const QType t = how.qtype;
   std::optional<StochasticRounder> rounder;
   if (opts.stochastic_seed) rounder.emplace(*opts.stochastic_seed);
+  // x / scale as Qwix computes it under XLA (CPU): x times the scale's float32 reciprocal, so
+  // results match it element for element (tests/interop/check_qwix.py).
+  std::vector<float> reciprocal(static_cast<std::size_t>(q.scale().size()));
+  for (std::size_t c = 0; c < reciprocal.size(); ++c) reciprocal[c] = 1.0f / s[c];
   q.layout().for_each([&](std::int64_t e, std::int64_t c) {
-    // Divide in float32, as Qwix does, so results match it element for element.
-    float v = x[e] / s[c];
+    float v = x[e] * reciprocal[static_cast<std::size_t>(c)];
     if (zp) v += static_cast<float>(zp[c]);
     q.set_code(e, rounder ? rounder->encode(t, v) : qtype_encode(t, v));
   });
