@@ -17,3 +17,8 @@ foreach(_check gguf safetensors)
                    ${CMAKE_CURRENT_BINARY_DIR}/interop_${_check} ${CMAKE_CURRENT_LIST_DIR}/check_${_check}.py)
   set_tests_properties(${_name} PROPERTIES LABELS interop SKIP_RETURN_CODE 77 TIMEOUT 120)
 endforeach()
+
+# The xtensor and Eigen interop headers (tests/interop/*_test.cpp) build against qforge::xtensor.
+if(TARGET qforge_interop_tests)
+  target_link_libraries(qforge_interop_tests PRIVATE qforge::xtensor)
+endif()
