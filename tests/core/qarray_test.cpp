@@ -287,5 +287,39 @@ TEST(QArray, StochasticRoundingMeanConvergesToAnOffGridValue) {
   EXPECT_NE(codes_per_seed[1], codes_per_seed[2]);
 }
 
+// A TensorView reads its array in place by row-major flat index, whatever its strides: a rank-3
+// array stored with its axes reversed (column-major) and read backwards along the middle axis
+// (a negative stride) quantizes and dequantizes exactly as a contiguous Tensor of its values.
+TEST(QArray, StridedViewsQuantizeAndDequantizeAsTheirContiguousValues) {
+  constexpr std::uint64_t kSeed = 2123;
+  SCOPED_TRACE(::testing::Message() << "seed " << kSeed);
+  const Shape shape{3, 4, 8};
+  const TensorF stored = normal_tensor({8, 4, 3}, kSeed);  // element (i, j, k) at [k][j][i]
+  const TensorView<const float> view(stored.data() + 3 * 3, shape, {1, -3, 12});
+  TensorF values(shape);
+  for (std::int64_t i = 0; i < 3; ++i)
+    for (std::int64_t j = 0; j < 4; ++j)
+      for (std::int64_t k = 0; k < 8; ++k) values[(i * 4 + j) * 8 + k] = stored[k * 12 + (3 - j) * 3 + i];
+  EXPECT_FALSE(view.is_contiguous());
+  EXPECT_TRUE(TensorView<const float>(values).is_contiguous());
+  for (const HowToQuantize& how : {HowToQuantize{QType::kInt4, {0}, {{2, std::int64_t{4}}}, "absmax"},
+                                   HowToQuantize{QType::kUInt8, {1}, {}, "minmax"},
+                                   HowToQuantize{QType::kInt8, {}, {}, "mse"}}) {
+    const QArray from_view = quantize(view, how), from_values = quantize(values, how);
+    EXPECT_TRUE(std::ranges::equal(from_view.storage(), from_values.storage()));
+    EXPECT_EQ(from_view.scale(), from_values.scale());
+    EXPECT_EQ(from_view.zero_point(), from_values.zero_point());
+  }
+  // Dequantized into the strided layout, read back through the view: the same floats.
+  const QArray q = quantize(values, {QType::kInt4, {0}, {{2, std::int64_t{4}}}, "absmax"});
+  TensorF out_storage({8, 4, 3});
+  dequantize_into(q, TensorView<float>(out_storage.data() + 3 * 3, shape, {1, -3, 12}));
+  const TensorF expected = dequantize(q);
+  const TensorView<const float> out(out_storage.data() + 3 * 3, shape, {1, -3, 12});
+  for (std::int64_t e = 0; e < expected.size(); ++e) EXPECT_EQ(out[e], expected[e]) << "element " << e;
+  expect_error([&] { dequantize_into(q, out_storage); }, {"[8, 4, 3]", "[3, 4, 8]"});
+  expect_error([&] { TensorView<const float>(stored.data(), shape, {1, 2}); }, {"2 strides", "[3, 4, 8]"});
+}
+
 }  // namespace
 }  // namespace qforge

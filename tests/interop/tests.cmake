@@ -27,3 +27,7 @@ add_test(NAME interop.qwix_numerics
          COMMAND ${CMAKE_CURRENT_LIST_DIR}/run_check.sh ${_qforge_pyenv} $<TARGET_FILE:qforge_qwix_case_writer>
                  ${CMAKE_CURRENT_BINARY_DIR}/interop_qwix ${CMAKE_CURRENT_LIST_DIR}/check_qwix.py "jax, qwix")
 set_tests_properties(interop.qwix_numerics PROPERTIES LABELS interop SKIP_RETURN_CODE 77 TIMEOUT 300)
+# The xtensor and Eigen interop headers (tests/interop/*_test.cpp) build against qforge::xtensor.
+if(TARGET qforge_interop_tests)
+  target_link_libraries(qforge_interop_tests PRIVATE qforge::xtensor)
+endif()

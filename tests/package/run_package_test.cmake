@@ -14,3 +14,4 @@ step(${CMAKE_COMMAND} -S ${QFORGE_CONSUMER_SOURCE} -B ${WORK_DIR}/build -G ${GEN
      -DCMAKE_PREFIX_PATH=${WORK_DIR}/moved-prefix)
 step(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 step(${WORK_DIR}/build/consumer)
+step(${WORK_DIR}/build/xtensor_consumer)

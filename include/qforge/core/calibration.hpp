@@ -122,8 +122,12 @@ struct CalibratedRange {
   bool symmetric = true;
 };
 
+// Element sources: a `const float*` to contiguous row-major memory, or a TensorView<const float>
+// (strided); both are read as x[row-major flat index].
+
 // Throws Error naming `name` and the first NaN/Inf element.
-inline void check_finite(const float* x, const QuantLayout& layout, std::string_view name) {
+template <class Elements>
+void check_finite(const Elements& x, const QuantLayout& layout, std::string_view name) {
   const std::int64_t n = layout.num_elements();
   for (std::int64_t i = 0; i < n; ++i)
     if (!std::isfinite(x[i]))
@@ -133,7 +137,8 @@ inline void check_finite(const float* x, const QuantLayout& layout, std::string_
 
 namespace detail {
 // Per-cell values, for the methods that need the whole distribution of a cell.
-inline std::vector<std::vector<float>> gather_cells(const float* x, const QuantLayout& layout) {
+template <class Elements>
+std::vector<std::vector<float>> gather_cells(const Elements& x, const QuantLayout& layout) {
   std::vector<std::vector<float>> cells(static_cast<std::size_t>(layout.num_cells()));
   layout.for_each([&](std::int64_t e, std::int64_t c) { cells[static_cast<std::size_t>(c)].push_back(x[e]); });
   return cells;
@@ -179,8 +184,9 @@ inline double mse_search_absmax(const std::vector<float>& v, QType qtype) {
 }
 }  // namespace detail
 
-inline CalibratedRange calibrate(const float* x, const QuantLayout& layout, const CalibrationMethod& m,
-                                 QType qtype, std::string_view name = "tensor") {
+template <class Elements>
+CalibratedRange calibrate(const Elements& x, const QuantLayout& layout, const CalibrationMethod& m, QType qtype,
+                          std::string_view name = "tensor") {
   check_finite(x, layout, name);
   if (!m.symmetric() && !has_asymmetric_range(qtype))
     throw_error(Status::kInvalidArgument,

@@ -112,10 +112,12 @@ struct QuantizeOptions {
   std::optional<std::uint64_t> stochastic_seed;  // stochastic rounding for integer qtypes
 };
 
-// Quantizes with given scales (static range, or scales computed elsewhere).
-inline QArray quantize_with_scale(const TensorF& x, const HowToQuantize& how, ScaleAndZeroPoint sz,
-                                  const QuantizeOptions& opts = {}) {
-  QArray q(how.qtype, x.shape(), std::move(sz.scale), std::move(sz.zero_point), how, opts.name);
+namespace detail {
+// The one quantization loop; x is read by row-major flat index (see calibration.hpp).
+template <class Elements>
+QArray quantize_elements(const Elements& x, const Shape& shape, const HowToQuantize& how, ScaleAndZeroPoint sz,
+                         const QuantizeOptions& opts) {
+  QArray q(how.qtype, shape, std::move(sz.scale), std::move(sz.zero_point), how, opts.name);
   const float* s = q.scale().data();
   const std::int32_t* zp = q.zero_point() ? q.zero_point()->data() : nullptr;
   const QType t = how.qtype;
@@ -132,24 +134,54 @@ inline QArray quantize_with_scale(const TensorF& x, const HowToQuantize& how, Sc
   });
   return q;
 }
+}  // namespace detail
+
+// Quantizes with given scales (static range, or scales computed elsewhere). A strided view is
+// read in place; the result is the same as for a contiguous copy of it.
+inline QArray quantize_with_scale(TensorView<const float> x, const HowToQuantize& how, ScaleAndZeroPoint sz,
+                                  const QuantizeOptions& opts = {}) {
+  return with_elements(x, [&](const auto& elements) {
+    return detail::quantize_elements(elements, x.shape(), how, std::move(sz), opts);
+  });
+}
+inline QArray quantize_with_scale(const TensorF& x, const HowToQuantize& how, ScaleAndZeroPoint sz,
+                                  const QuantizeOptions& opts = {}) {
+  return quantize_with_scale(TensorView<const float>(x), how, std::move(sz), opts);
+}
 
 // Calibrates per `how` and quantizes. Throws Error naming opts.name for bad axes, tiles,
-// methods, or non-finite input.
-inline QArray quantize(const TensorF& x, const HowToQuantize& how, const QuantizeOptions& opts = {}) {
+// methods, or non-finite input. A strided view is read in place (no copy, no transpose).
+inline QArray quantize(TensorView<const float> x, const HowToQuantize& how, const QuantizeOptions& opts = {}) {
   const QuantLayout layout(x.shape(), how, opts.name);
   const CalibrationMethod method = parse_calibration_method(how.calibration_method);
-  const CalibratedRange range = calibrate(x.data(), layout, method, how.qtype, opts.name);
-  return quantize_with_scale(x, how, compute_scale(range, how.qtype), opts);
+  return with_elements(x, [&](const auto& elements) {
+    const CalibratedRange range = calibrate(elements, layout, method, how.qtype, opts.name);
+    return detail::quantize_elements(elements, x.shape(), how, compute_scale(range, how.qtype), opts);
+  });
+}
+inline QArray quantize(const TensorF& x, const HowToQuantize& how, const QuantizeOptions& opts = {}) {
+  return quantize(TensorView<const float>(x), how, opts);
+}
+
+// Writes dequantize(q) into `dst`, which must have q's shape; a strided destination (a column-
+// major matrix, a slice) is written in place element by element.
+inline void dequantize_into(const QArray& q, TensorView<float> dst) {
+  if (dst.shape() != q.shape())
+    throw_error(Status::kShapeMismatch, "dequantize: destination shape {} differs from the quantized array's {}",
+                shape_str(dst.shape()), shape_str(q.shape()));
+  const float* s = q.scale().data();
+  const std::int32_t* zp = q.zero_point() ? q.zero_point()->data() : nullptr;
+  with_elements(dst, [&](const auto& out) {
+    q.layout().for_each([&](std::int64_t e, std::int64_t c) {
+      const double v = q.value(e) - (zp ? zp[c] : 0);
+      out[e] = static_cast<float>(v * s[c]);
+    });
+  });
 }
 
 inline TensorF dequantize(const QArray& q) {
   TensorF out(q.shape());
-  const float* s = q.scale().data();
-  const std::int32_t* zp = q.zero_point() ? q.zero_point()->data() : nullptr;
-  q.layout().for_each([&](std::int64_t e, std::int64_t c) {
-    const double v = q.value(e) - (zp ? zp[c] : 0);
-    out[e] = static_cast<float>(v * s[c]);
-  });
+  dequantize_into(q, out);
   return out;
 }
 
