@@ -8,7 +8,8 @@ document with
     modes add_bos x parse_special, and
   * Hugging Face tokenizers, with a tokenizer.json built from the first GGUF's vocabulary and merges
     for each pre-tokenizer (smollm, gpt-2, llama-bpe, qwen2), written to OUT/hf-NAME/tokenizer.json.
-Each tool also times the whole corpus as one string (best of 3).
+Each tool also times the whole corpus as one string (best of 3): llama.cpp's llama_tokenize called
+directly, tokenizers' encode through its Python binding.
 Writes OUT/corpus.json, OUT/llama-NAME.json and OUT/hf-NAME.json.
 Exit code 77 when llama_cpp, tokenizers or gguf cannot be imported (the test then skips).
 """
@@ -148,8 +149,13 @@ def llama_reference(path, docs, whole):
             modes[f"bos={int(add_bos)} special={int(special)}"] = [
                 vocab.tokenize(d["text"].encode("utf-8"), add_bos=add_bos, special=special) for d in docs]
     data = whole.encode("utf-8")
-    seconds = best_of(3, lambda: vocab.tokenize(data, add_bos=False, special=False))
-    return {"modes": modes, "seconds": seconds, "whole_tokens": len(vocab.tokenize(data, add_bos=False, special=False))}
+    # llama_tokenize itself, with room for every token: Llama.tokenize's first call gets a buffer of
+    # the training context and, on a longer text, tokenizes it all twice.
+    buffer = (llama_cpp.llama_token * (len(data) + 8))()
+    call = lambda: llama_cpp.llama_tokenize(vocab._model.vocab, data, len(data), buffer, len(buffer), False, False)
+    whole_tokens = call()
+    assert whole_tokens == len(vocab.tokenize(data, add_bos=False, special=False)), "llama_tokenize disagrees"
+    return {"modes": modes, "seconds": best_of(3, call), "whole_tokens": whole_tokens}
 
 
 def hf_tokenizer(reader, pre):

@@ -27,18 +27,10 @@ class GgufKeys {
     return std::get<std::string>(v.scalar);
   }
   std::vector<std::string> strings(const std::string& key) const {
-    const auto& v = array(key, formats::GgufType::kString, "strings");
-    std::vector<std::string> out;
-    out.reserve(v.array.size());
-    for (const auto& e : v.array) out.push_back(std::get<std::string>(e.scalar));
-    return out;
+    return array_values<std::string>(key, formats::GgufType::kString, "strings");
   }
   std::vector<std::int64_t> integers(const std::string& key) const {
-    const auto& v = array(key, formats::GgufType::kI32, "INT32 values");
-    std::vector<std::int64_t> out;
-    out.reserve(v.array.size());
-    for (const auto& e : v.array) out.push_back(std::get<std::int64_t>(e.scalar));
-    return out;
+    return array_values<std::int64_t>(key, formats::GgufType::kI32, "INT32 values");
   }
   std::optional<std::int64_t> optional_integer(const std::string& key) const {
     const auto* v = f_.find_kv(key);
@@ -60,10 +52,14 @@ class GgufKeys {
   }
 
  private:
-  const formats::GgufValue& array(const std::string& key, formats::GgufType elem, std::string_view what) const {
+  template <class T>
+  std::vector<T> array_values(const std::string& key, formats::GgufType elem, std::string_view what) const {
     const auto& v = required(key);
     if (v.type != formats::GgufType::kArray || v.elem_type != elem) fail(key, fmt::format("is not an array of {}", what));
-    return v;
+    std::vector<T> out;
+    out.reserve(v.array.size());
+    for (const auto& e : v.array) out.push_back(std::get<T>(e.scalar));
+    return out;
   }
 
   const formats::GgufFile& f_;
