@@ -1,7 +1,8 @@
 // qforge's tokenizer against the references users trust, on the SmolLM2-135M GGUF's vocabulary and
 // ~140 KB of varied text built by tests/text/reference_tokens.py:
 //   * llama.cpp (llama-cpp-python) on the GGUF itself and on copies of its metadata whose
-//     tokenizer.ggml.pre is gpt-2, llama-bpe or qwen2, in all four add-BOS x parse-special modes;
+//     tokenizer.ggml.pre is gpt-2, llama-bpe or qwen2, or with three user-defined tokens, in all
+//     four add-BOS x parse-special modes;
 //   * Hugging Face tokenizers on tokenizer.json files built from the same vocabulary and merges,
 //     one per pre-tokenizer, loaded by qforge's tokenizer.json reader.
 // Needs build/pyenv with scripts/llm-env.sh's packages (QFORGE_PYENV overrides) and the model file
@@ -28,6 +29,19 @@ namespace fs = std::filesystem;
 
 const std::vector<std::string> kPreNames = {"smollm", "gpt-2", "llama-bpe", "qwen2"};
 
+// The GGUFs llama.cpp tokenizes: the model itself, copies of its metadata with the other
+// pre-tokenizers, and one whose <repo_name>, <file_sep> and <gh_stars> are user-defined tokens
+// (SmolLM2 marks all 17 of its special tokens as control tokens), which are cut out of the text
+// even when special tokens are not parsed.
+struct GgufVariant {
+  std::string name;
+  std::string pre;
+  std::vector<std::int32_t> user_defined;
+};
+const std::vector<GgufVariant> kGgufVariants = {
+    {"smollm", "smollm", {}}, {"gpt-2", "gpt-2", {}}, {"llama-bpe", "llama-bpe", {}}, {"qwen2", "qwen2", {}},
+    {"smollm-user-defined", "smollm", {3, 5, 7}}};
+
 std::string env_or(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
   return v && *v ? v : fallback;
@@ -48,12 +62,23 @@ std::string tail_of(const fs::path& p, std::size_t n = 2000) {
   return s.size() > n ? s.substr(s.size() - n) : s;
 }
 
-// The model's metadata with another pre-tokenizer and no tensors: llama.cpp loads it vocab-only.
-void write_metadata_copy(const formats::GgufFile& src, const std::string& pre, const std::string& path) {
+// The model's metadata with another pre-tokenizer or token types and no tensors: llama.cpp loads
+// it vocab-only.
+void write_metadata_copy(const formats::GgufFile& src, const GgufVariant& v, const std::string& path) {
   formats::GgufWriter w;
   for (const auto& [key, value] : src.metadata()) w.set(key, value);
-  w.set("tokenizer.ggml.pre", formats::GgufValue::string(pre));
+  w.set("tokenizer.ggml.pre", formats::GgufValue::string(v.pre));
+  auto types = *src.find_kv("tokenizer.ggml.token_type");
+  for (const auto id : v.user_defined) {
+    ASSERT_EQ(std::get<std::int64_t>(types.array.at(id).scalar), 3) << "token " << id << " is not a control token";
+    types.array.at(id) = formats::GgufValue::i32(static_cast<std::int32_t>(TokenType::kUserDefined));
+  }
+  w.set("tokenizer.ggml.token_type", types);
   w.write(path);
+}
+
+std::string variant_path(const fs::path& dir, const std::string& model, const GgufVariant& v) {
+  return v.name == "smollm" ? model : (dir / (v.name + ".gguf")).string();
 }
 
 class TokenizerReference : public ::testing::Test {
@@ -74,10 +99,12 @@ class TokenizerReference : public ::testing::Test {
     fs::create_directories(dir_);
     const formats::GgufFile f(model_);
     std::string ggufs = fmt::format(" --gguf smollm='{}'", model_);
-    for (std::size_t i = 1; i < kPreNames.size(); ++i) {
-      const auto path = (dir_ / (kPreNames[i] + ".gguf")).string();
-      write_metadata_copy(f, kPreNames[i], path);
-      ggufs += fmt::format(" --gguf {}='{}'", kPreNames[i], path);
+    for (const auto& v : kGgufVariants) {
+      const auto path = variant_path(dir_, model_, v);
+      if (path != model_) {
+        write_metadata_copy(f, v, path);
+        ggufs += fmt::format(" --gguf {}='{}'", v.name, path);
+      }
     }
     const auto log = dir_ / "reference.log";
     const auto cmd = fmt::format("'{}' '{}/tests/text/reference_tokens.py' --out '{}'{} > '{}' 2>&1", python, source,
@@ -147,19 +174,18 @@ class TokenizerReference : public ::testing::Test {
 };
 
 TEST_F(TokenizerReference, EqualsLlamaCppOnEveryPreTokenizer) {
-  for (std::size_t i = 0; i < kPreNames.size(); ++i) {
-    const auto& pre = kPreNames[i];
-    const std::string path = i == 0 ? model_ : (dir_ / (pre + ".gguf")).string();
+  for (const auto& v : kGgufVariants) {
+    const std::string path = variant_path(dir_, model_, v);
     const formats::GgufFile f(path);
     const auto t = Tokenizer::from_gguf(f, path);
-    const auto ref = read_json(dir_ / ("llama-" + pre + ".json"));
+    const auto ref = read_json(dir_ / ("llama-" + v.name + ".json"));
     std::size_t bytes = 0;
-    expect_same(t, ref["modes"], "llama.cpp " + pre, bytes);
+    expect_same(t, ref["modes"], "llama.cpp " + v.name, bytes);
     const std::string whole = corpus_["whole"].get<std::string>();
     const double ours = best_encode_seconds(t, whole), theirs = ref["seconds"].get<double>();
-    std::printf("llama.cpp %-9s: %zu bytes compared in 4 modes; whole corpus (%zu bytes, %zu tokens) qforge %.1f ms, "
+    std::printf("llama.cpp %-19s: %zu bytes compared in 4 modes; whole corpus (%zu bytes, %zu tokens) qforge %.1f ms, "
                 "llama.cpp %.1f ms (%.2fx)\n",
-                pre.c_str(), bytes, whole.size(), t.encode(whole, false, false).size(), ours * 1e3, theirs * 1e3,
+                v.name.c_str(), bytes, whole.size(), t.encode(whole, false, false).size(), ours * 1e3, theirs * 1e3,
                 theirs / ours);
     EXPECT_EQ(t.encode(whole, false, false).size(), ref["whole_tokens"].get<std::size_t>());
     EXPECT_GE(bytes, 4u * 100'000u);
