@@ -242,9 +242,10 @@ CalibratedRange calibrate(const Elements& x, const QuantLayout& layout, const Ca
 }
 
 // Scale and zero point from a calibrated range (Qwix compute_scale / compute_zero_point), with
-// Qwix's float32 arithmetic as XLA runs it: the division by a constant bound is a multiplication
-// by that bound's float32 reciprocal, so symmetric scale = absmax · fl(1/B) and asymmetric
-// scale = (hi − lo) · fl(1/(qmax − qmin)); zp = round(qmin − lo · fl(1/scale)), saturated. A scale
+// Qwix's float32 arithmetic as XLA runs it on the CPU: a division by a value that is the same
+// across the loop (the constant bound here, a broadcast scale in quantize) is a multiplication by
+// its float32 reciprocal, an elementwise one a true division. So symmetric scale = absmax · fl(1/B),
+// asymmetric scale = (hi − lo) · fl(1/(qmax − qmin)) and zp = round(qmin − lo / scale), saturated. A scale
 // below sqrt(FLT_MIN) becomes 1, so an all-zero cell quantizes to 0 with no NaN.
 struct ScaleAndZeroPoint {
   TensorF scale;
@@ -272,8 +273,7 @@ inline ScaleAndZeroPoint compute_scale(const CalibratedRange& r, QType qtype) {
   for (std::int64_t c = 0; c < cells; ++c) {
     const float s = guard_scale((r.hi[c] - r.lo[c]) * reciprocal_range);
     out.scale[c] = s;
-    (*out.zero_point)[c] =
-        round_saturate(static_cast<double>(static_cast<float>(qi.qmin) - r.lo[c] * (1.0f / s)), qi.qmin, qi.qmax);
+    (*out.zero_point)[c] = round_saturate(static_cast<double>(static_cast<float>(qi.qmin) - r.lo[c] / s), qi.qmin, qi.qmax);
   }
   return out;
 }
