@@ -39,7 +39,8 @@ run_algorithms() {
 if [[ "${BENCH_REPORT_ONLY:-0}" != 1 ]]; then  # BENCH_REPORT_ONLY=1: rewrite the doc from the last JSON
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQFORGE_BUILD_TESTS=OFF \
   -DQFORGE_BUILD_EXAMPLES=OFF -DQFORGE_BUILD_CLI=OFF -DQFORGE_BUILD_BENCH=ON >/dev/null
-cmake --build "$build" --target backend_bench algorithms_bench -j"${JOBS:-2}"
+if [[ "$torch_only" == 1 ]]; then targets=(algorithms_bench); else targets=(backend_bench algorithms_bench); fi
+cmake --build "$build" --target "${targets[@]}" -j"${JOBS:-2}"
 if [[ "$torch_only" != 1 ]]; then
 "$build/bench/backend_bench" --benchmark_min_time="$min_time" --benchmark_format=json \
   --benchmark_out="$out_json" --benchmark_out_format=json >/dev/null
