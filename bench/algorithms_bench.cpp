@@ -6,18 +6,37 @@
 // trial run warms the GEMM it is compared with: oneDNN generates its kernels for a shape on first
 // use, which a model's later layers of the same shape never pay again. Every call still
 // allocates and first-touches its own output and scratch, as it would in a real run.
+//
+// BM_GptqTorch: the peer. GPTQ as a PyTorch user runs it (tools/gptq_torch.py, written from the
+// paper, float32 on the CPU) on the same W and H, written to files by this benchmark, next to
+// qforge's GPTQ timed in the same run with the same threads; its row's time is PyTorch's, its
+// counters qforge's time, the ratio and the fraction of codes that differ. The interpreter is
+// QFORGE_TORCH_PYTHON, else $QFORGE_PYENV/bin/python, else the checkout's build/pyenv
+// (scripts/torch-env.sh installs torch there); without torch the row is skipped with the reason.
+#include <algorithm>
+#include <cctype>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <utility>
 #include <map>
 #include <random>
+#include <string>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <benchmark/benchmark.h>
+#include <nlohmann/json.hpp>
 
 #include "qforge/algorithms/jointq.hpp"
 #include "qforge/algorithms/qep.hpp"
 #include "qforge/algorithms/statistics.hpp"
+#include "qforge/formats/safetensors.hpp"
 
 namespace qa = qforge::algorithms;
 
@@ -96,22 +115,99 @@ void BM_Rtn(benchmark::State& s) {
   s.counters["output_rel_err"] = rel_err(p, q.weight);
 }
 
+qa::GptqOptions gptq_options(int bits) {
+  qa::GptqOptions o;
+  o.grid = grid(bits);
+  o.act_order = true;
+  return o;
+}
+
 void BM_Gptq(benchmark::State& s) {
   const auto& p = problem(s.range(0));
-  qa::GptqOptions o;
-  o.grid = grid(static_cast<int>(s.range(1)));
-  o.act_order = true;
+  const auto o = gptq_options(static_cast<int>(s.range(1)));
   qa::QuantizedLayer q;
   q = qa::gptq(p.w.data(), p.n, p.n, p.stats.h.data(), o);  // warm-up
   for (auto _ : s) q = qa::gptq(p.w.data(), p.n, p.n, p.stats.h.data(), o);
   s.counters["output_rel_err"] = rel_err(p, q.weight);
 }
 
+struct CommandOutput {
+  int exit_code = -1;
+  std::string out;
+};
+
+CommandOutput run_command(const std::string& command) {
+  CommandOutput r;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, pipe)) r.out += buf;
+  const int status = ::pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string torch_python() {
+  if (const char* p = std::getenv("QFORGE_TORCH_PYTHON"); p && *p) return p;
+  if (const char* v = std::getenv("QFORGE_PYENV"); v && *v) return std::string(v) + "/bin/python";
+  return std::string(QFORGE_SOURCE_DIR) + "/build/pyenv/bin/python";
+}
+
+void BM_GptqTorch(benchmark::State& s) {
+  const auto& p = problem(s.range(0));
+  const int bits = static_cast<int>(s.range(1));
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("qforge-gptq-torch-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  qforge::formats::SafetensorsWriter ww, hw;
+  ww.add_f32("weight", qforge::TensorF({p.n, p.n}, p.w));
+  std::vector<std::uint8_t> hb(p.stats.h.size() * sizeof(double));
+  std::memcpy(hb.data(), p.stats.h.data(), hb.size());
+  hw.add("h", qforge::formats::Dtype::kF64, {p.n, p.n}, std::move(hb));
+  ww.write((dir / "w.safetensors").string());
+  hw.write((dir / "h.safetensors").string());
+  const std::string command = torch_python() + " " + QFORGE_SOURCE_DIR + "/tools/gptq_torch.py --weight " +
+                              (dir / "w.safetensors").string() + " --hessian " + (dir / "h.safetensors").string() +
+                              " --codes " + (dir / "codes.safetensors").string() + " --bits " + std::to_string(bits) +
+                              " --group-size 128 --act-order --threads " +
+                              std::to_string(qforge::backend::num_threads()) + " 2>&1";
+  const auto o = gptq_options(bits);
+  qa::QuantizedLayer q = qa::gptq(p.w.data(), p.n, p.n, p.stats.h.data(), o);  // warm-up, as BM_Gptq
+  double qforge_seconds = 0;
+  for (auto _ : s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    q = qa::gptq(p.w.data(), p.n, p.n, p.stats.h.data(), o);
+    qforge_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const auto r = run_command(command);
+    if (r.exit_code != 0) {
+      std::string why = (r.exit_code == 77 ? "PyTorch peer skipped: " : "PyTorch peer failed: ") + r.out;
+      while (!why.empty() && std::isspace(static_cast<unsigned char>(why.back()))) why.pop_back();
+      std::fprintf(stderr, "%s\n", why.c_str());
+      s.SkipWithError(why.c_str());
+      break;
+    }
+    const auto j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+    s.SetIterationTime(j["seconds"].get<double>());
+    s.counters["torch_first_call_s"] = j["first_call_seconds"].get<double>();
+    const auto torch_codes = qforge::formats::SafetensorsFile((dir / "codes.safetensors").string()).to_float("qvalue");
+    std::int64_t differ = 0, max_diff = 0;
+    for (std::size_t i = 0; i < q.codes.size(); ++i) {
+      const auto d = std::llabs(static_cast<long long>(torch_codes[static_cast<std::int64_t>(i)]) - q.codes[i]);
+      differ += d != 0;
+      max_diff = std::max<std::int64_t>(max_diff, d);
+    }
+    s.counters["qforge_s"] = qforge_seconds;
+    s.counters["qforge_over_torch"] = qforge_seconds / j["seconds"].get<double>();
+    s.counters["codes_differ"] = static_cast<double>(differ) / static_cast<double>(q.codes.size());
+    s.counters["max_code_diff"] = static_cast<double>(max_diff);
+    s.counters["threads"] = qforge::backend::num_threads();
+  }
+  fs::remove_all(dir);
+}
+
 void BM_Qep(benchmark::State& s) {
   const auto& p = problem(s.range(0));
-  qa::GptqOptions o;
-  o.grid = grid(static_cast<int>(s.range(1)));
-  o.act_order = true;
+  const auto o = gptq_options(static_cast<int>(s.range(1)));
   qa::QuantizedLayer q;
   q = qa::qep_gptq(p.w.data(), p.n, p.n, p.stats.h.data(), p.stats.h_delta.data(), qa::QepOptions{}, o);  // warm-up
   for (auto _ : s) q = qa::qep_gptq(p.w.data(), p.n, p.n, p.stats.h.data(), p.stats.h_delta.data(), qa::QepOptions{}, o);
@@ -141,6 +237,7 @@ int main(int argc, char** argv) {
   const std::pair<const char*, Fn> methods[] = {{"BM_Rtn", BM_Rtn}, {"BM_Gptq", BM_Gptq}, {"BM_Qep", BM_Qep}, {"BM_Jointq", BM_Jointq}};
   for (const auto& [name, fn] : methods)
     benchmark::RegisterBenchmark(name, fn)->Args({n, 4})->Args({n, 3})->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
+  benchmark::RegisterBenchmark("BM_GptqTorch", BM_GptqTorch)->Args({n, 4})->Unit(benchmark::kMillisecond)->Iterations(1)->UseManualTime();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

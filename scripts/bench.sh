@@ -9,6 +9,10 @@
 # The layer algorithms (bench/algorithms_bench.cpp) run too: GPTQ, QEP and JointQ (4 and 3 bits) at
 # BENCH_ALG_N (default 4096, the issue's 4096x4096 layer with 8192 tokens; about a minute) and
 # JointQ next to GPTQ at 512. BENCH_ALG_N=0 skips them.
+# The PyTorch peer (GPTQ as a PyTorch user runs it, tools/gptq_torch.py) runs next to qforge's GPTQ
+# at each of BENCH_TORCH_N (default "1024 2048 4096"; empty skips it) after scripts/torch-env.sh
+# has put torch into the private Python environment; without torch its rows say why they skipped.
+# BENCH_TORCH_ONLY=1 runs only the peer and replaces only its section of docs/performance.md.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$root/build/bench}"
@@ -17,6 +21,10 @@ out_json="$build/backend_bench.json"
 alg_n="${BENCH_ALG_N:-4096}"
 alg_json="$build/algorithms_bench.json"
 jointq_json="$build/algorithms_jointq_bench.json"
+torch_sizes="${BENCH_TORCH_N-1024 2048 4096}"
+torch_only="${BENCH_TORCH_ONLY:-0}"
+torch_jsons=()
+for n in $torch_sizes; do torch_jsons+=("$build/algorithms_torch_$n.json"); done
 # oneDNN and our kernels share an OpenMP pool. On a shared machine, spinning idle threads steal
 # the core another thread of the same run needs; passive waiting keeps two-thread runs honest.
 # The layer algorithms run under the caller's policy (OpenMP's default unless set): they enter
@@ -31,20 +39,82 @@ run_algorithms() {
 if [[ "${BENCH_REPORT_ONLY:-0}" != 1 ]]; then  # BENCH_REPORT_ONLY=1: rewrite the doc from the last JSON
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQFORGE_BUILD_TESTS=OFF \
   -DQFORGE_BUILD_EXAMPLES=OFF -DQFORGE_BUILD_CLI=OFF -DQFORGE_BUILD_BENCH=ON >/dev/null
-cmake --build "$build" --target backend_bench algorithms_bench -j"${JOBS:-2}"
+if [[ "$torch_only" == 1 ]]; then targets=(algorithms_bench); else targets=(backend_bench algorithms_bench); fi
+cmake --build "$build" --target "${targets[@]}" -j"${JOBS:-2}"
+if [[ "$torch_only" != 1 ]]; then
 "$build/bench/backend_bench" --benchmark_min_time="$min_time" --benchmark_format=json \
   --benchmark_out="$out_json" --benchmark_out_format=json >/dev/null
 rm -f "$alg_json" "$jointq_json"
-if [[ "$alg_n" != 0 ]]; then
+fi
+if [[ "$alg_n" != 0 && "$torch_only" != 1 ]]; then
   QFORGE_ALG_BENCH_N="$alg_n" run_algorithms "$build/bench/algorithms_bench" --benchmark_filter='Gemm|Rtn|Gptq|Qep|Jointq' \
     --benchmark_out="$alg_json" --benchmark_out_format=json >/dev/null
   QFORGE_ALG_BENCH_N=512 run_algorithms "$build/bench/algorithms_bench" --benchmark_filter='Gemm|Gptq|Jointq' \
     --benchmark_out="$jointq_json" --benchmark_out_format=json >/dev/null
 fi
+if [[ -n "$torch_sizes" ]]; then
+  rm -f "${torch_jsons[@]}"
+  "$root/scripts/torch-env.sh" || echo "bench.sh: torch-env failed; the PyTorch peer reports itself skipped"
+  uptime > "$build/algorithms_torch_uptime.txt"
+  for n in $torch_sizes; do
+    QFORGE_ALG_BENCH_N="$n" run_algorithms "$build/bench/algorithms_bench" --benchmark_filter='GptqTorch' \
+      --benchmark_out="$build/algorithms_torch_$n.json" --benchmark_out_format=json >/dev/null
+  done
+fi
 fi
 
-python3 - "$out_json" "$root/docs/performance.md" "$alg_json" "$jointq_json" <<'PY'
+python3 - "$torch_only" "$out_json" "$root/docs/performance.md" "$alg_json" "$jointq_json" "$build/algorithms_torch_uptime.txt" \
+  "${torch_jsons[@]}" <<'PY'
 import json, os, sys, datetime
+torch_only = sys.argv.pop(1) == "1"
+torch_uptime_path, torch_paths = sys.argv[5], sys.argv[6:]
+
+def torch_section():
+    """The PyTorch peer's section: qforge's GPTQ / PyTorch's at each size of this run."""
+    s = ["## GPTQ next to PyTorch", ""]
+    runs = [json.load(open(p)) for p in torch_paths if os.path.exists(p)]
+    rows = [(r["context"], b) for r in runs for b in r["benchmarks"]]
+    if not rows:
+        return s + ["Not measured in this run (`BENCH_TORCH_N` empty).", ""]
+    uptime = open(torch_uptime_path).read().strip() if os.path.exists(torch_uptime_path) else "?"
+    s += ["`BM_GptqTorch` in `bench/algorithms_bench.cpp`: GPTQ 4-bit, g128, asymmetric, act-order, lazy",
+          "batches of 128, on the synthetic n x n layer of the section above, written to files the PyTorch",
+          "script reads (`tools/gptq_torch.py`: GPTQ as a PyTorch user runs it, written from the paper;",
+          "float32 torch ops on the CPU, `torch.linalg.cholesky` and a Python loop over columns). Both",
+          "run once untimed, then once timed, in the same run with the same thread count; neither time",
+          "includes reading files. `codes differ`: the fraction of the n^2 codes where PyTorch's and",
+          "qforge's differ: float32 rounding in another order moves values across rounding boundaries",
+          "and GPTQ carries each flip on to later columns (PyTorch in float64 differs from PyTorch in",
+          "float32 as much, docs/algorithms.md).",
+          "",
+          f"- `uptime` before the peer ran: {uptime}",
+          "",
+          "| n | threads | PyTorch | PyTorch first call | qforge | qforge / PyTorch | codes differ | max code diff |",
+          "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for ctx, b in rows:
+        n = b["name"].split("/")[1]
+        if b.get("error_occurred"):
+            s.append(f"| {n} | | skipped: {b.get('error_message', '').strip().splitlines()[-1]} | | | | | |")
+            continue
+        torch_s = b["real_time"] * {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b.get("time_unit", "ns")]
+        s.append(f"| {n} | {int(b['threads'])} | {torch_s:.3f} s | {b['torch_first_call_s']:.3f} s | {b['qforge_s']:.3f} s "
+                 f"| {b['qforge_over_torch']:.3f} | {b['codes_differ']:.2e} | {int(b['max_code_diff'])} |")
+    return s + [""]
+
+if torch_only:  # replace this one section, leave the rest of the page as it is
+    doc_path = sys.argv[2]
+    lines = open(doc_path).read().split("\n")
+    head = "## GPTQ next to PyTorch"
+    if head in lines:
+        i = lines.index(head)
+        j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+    else:
+        i = j = lines.index("## Notes") if "## Notes" in lines else len(lines)
+    lines[i:j] = torch_section()
+    open(doc_path, "w").write("\n".join(lines))
+    print("\n".join(torch_section()))
+    sys.exit(0)
+
 data = json.load(open(sys.argv[1]))
 def load_optional(path):
     return json.load(open(path))["benchmarks"] if os.path.exists(path) else []
@@ -174,6 +244,8 @@ else:
     w("")
     w("docs/algorithms.md explains where the time goes and what is next.")
 w("")
+for line in torch_section():
+    w(line)
 w("## Notes")
 w("")
 for line in """\

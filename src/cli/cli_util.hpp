@@ -65,10 +65,20 @@ inline void throw_if_interrupted() {
   if (interrupted().load()) throw_error(Status::kIoError, "interrupted; no output was written");
 }
 
+// Seconds since construction on the steady clock: the phase times the commands report.
+class Stopwatch {
+ public:
+  double seconds() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point start_ = Clock::now();
+};
+
 class Progress {
  public:
   Progress(std::string what, std::int64_t total)
-      : what_(std::move(what)), total_(total), tty_(::isatty(STDERR_FILENO) == 1), start_(Clock::now()) {}
+      : what_(std::move(what)), total_(total), tty_(::isatty(STDERR_FILENO) == 1) {}
 
   void advance(const std::string& item) {
     std::lock_guard lock(mutex_);
@@ -85,15 +95,14 @@ class Progress {
                std::string(kWidth - filled, '.'), done_, total_, elapsed, eta);
     if (done_ == total_) fmt::print(stderr, "\n");
   }
-  double seconds() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+  double seconds() const { return stopwatch_.seconds(); }
 
  private:
-  using Clock = std::chrono::steady_clock;
   std::string what_;
   std::int64_t total_;
   std::int64_t done_ = 0;
   bool tty_;
-  Clock::time_point start_;
+  Stopwatch stopwatch_;
   std::mutex mutex_;
 };
 

@@ -1,7 +1,6 @@
 // `qforge layer`: quantize one [out, in] float32 matrix with RTN, GPTQ, QEP+GPTQ or JointQ from
 // calibration inputs or precomputed Hessians. A stable contract (docs/algorithms.md): scripts
 // parse its JSON line and its output tensors.
-#include <chrono>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -10,7 +9,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_util.hpp"
 #include "command.hpp"
+#include "qforge/algorithms/hessian_error.hpp"
 #include "qforge/algorithms/jointq.hpp"
 #include "qforge/algorithms/qep.hpp"
 #include "qforge/algorithms/statistics.hpp"
@@ -19,6 +20,7 @@
 namespace {
 namespace qa = qforge::algorithms;
 namespace qf = qforge::formats;
+namespace cli = qforge::cli;
 using qforge::Status;
 using qforge::throw_error;
 
@@ -90,24 +92,8 @@ double output_rel_err(const std::vector<float>& x, const std::vector<float>& xq,
   return den > 0 ? num / den : 0.0;
 }
 
-double hessian_rel_err(const std::vector<double>& h, const std::vector<float>& w, const std::vector<float>& wq,
-                       std::int64_t rows, std::int64_t cols) {
-  const Eigen::Map<const qa::MatrixXdR> H(h.data(), cols, cols);
-  double num = 0, den = 0;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    Eigen::VectorXd a(cols), d(cols);
-    for (std::int64_t j = 0; j < cols; ++j) {
-      a[j] = w[static_cast<std::size_t>(r * cols + j)];
-      d[j] = a[j] - wq[static_cast<std::size_t>(r * cols + j)];
-    }
-    num += d.dot(H * d);
-    den += a.dot(H * a);
-  }
-  return den > 0 ? num / den : 0.0;
-}
-
 void run_layer(const LayerArgs& a) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const cli::Stopwatch total;
   if (a.method != "rtn" && a.method != "gptq" && a.method != "qep" && a.method != "jointq")
     throw_error(Status::kInvalidArgument, "--method '{}' is not rtn, gptq, qep or jointq", a.method);
   if (a.sym && a.asym) throw_error(Status::kInvalidArgument, "--sym and --asym exclude each other");
@@ -172,6 +158,7 @@ void run_layer(const LayerArgs& a) {
   g.fresh_group_params = a.fresh_group_params;
   qa::QuantizedLayer q;
   std::optional<double> accepted_lambda;
+  const cli::Stopwatch method_time;
   if (a.method == "rtn") {
     q = qa::quantize_rtn(w.data(), rows, cols, grid, site);
   } else if (a.method == "gptq") {
@@ -197,6 +184,7 @@ void run_layer(const LayerArgs& a) {
     q = std::move(r.layer);
     accepted_lambda = r.accepted_lambda;
   }
+  const double method_seconds = method_time.seconds();
 
   // Outputs: scale/zero in [out, groups] as the layer's group_index defines the groups.
   std::vector<float> scale(static_cast<std::size_t>(rows * q.groups)), offset(scale.size());
@@ -232,14 +220,16 @@ void run_layer(const LayerArgs& a) {
   j["group_size"] = q.group_size == cols && grid.group_size == 0 ? 0 : q.group_size;
   j["weight_rel_err"] = wn > 0 ? wd / wn : 0.0;
   if (!x.empty()) j["output_rel_err"] = output_rel_err(x, xq, tokens, cols, w, q.weight, rows);
-  else if (!h.empty() && a.hessian_delta.empty()) j["output_rel_err"] = hessian_rel_err(h, w, q.weight, rows, cols);
+  else if (!h.empty() && a.hessian_delta.empty())
+    j["output_rel_err"] = qa::hessian_rel_err(h.data(), w.data(), q.weight.data(), rows, cols);
   else j["output_rel_err"] = nullptr;  // H_δ without X: ‖XWᵀ − X̂Ŵᵀ‖² needs XᵀX, which is not given
   j["loss"] = q.loss;
   if (a.method != "rtn") j["damp"] = q.damp_used;
   if (accepted_lambda) j["accepted_lambda"] = *accepted_lambda;
   j["notes"] = q.notes;
   out.write(a.out);
-  j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  j["seconds"] = method_seconds;          // the algorithm alone
+  j["total_seconds"] = total.seconds();  // reading, statistics, the algorithm, metrics, writing
   fmt::print("{}\n", j.dump());
 }
 

@@ -17,6 +17,7 @@
 #include "cli_util.hpp"
 #include "command.hpp"
 #include "qforge/algorithms/gptq.hpp"
+#include "qforge/algorithms/hessian_error.hpp"
 #include "qforge/algorithms/jointq.hpp"
 #include "qforge/algorithms/qep.hpp"
 #include "qforge/algorithms/statistics.hpp"
@@ -214,6 +215,13 @@ struct Result {
   std::optional<QArray> qarray;
   analysis::ErrorStats error;
   std::uint64_t out_bytes = 0;
+  double seconds = 0.0;  // the quantizer alone: not reading, decoding or measuring
+  // gptq / qep / jointq tensors: what the report's layer-algorithm fields hold.
+  struct LayerMethod {
+    std::string method;
+    double loss = 0.0, hessian_rel_err = 0.0, damping = 0.0;
+  };
+  std::optional<LayerMethod> layer;
 };
 
 // A tensor copied as stored: its bytes (or QArray) and type, no conversion and no error.
@@ -303,6 +311,7 @@ Result run_layer_method(const TensorF& x, const formats::CheckpointTensor& t, co
                                                                                                      : "q8_0"));
   const std::int64_t rows = x.dim(0), cols = x.dim(1);
   algorithms::QuantizedLayer q;
+  const cli::Stopwatch method_time;
   if (a.method == "jointq") {
     algorithms::JointqOptions jo;
     jo.grid = opt.grid;
@@ -322,6 +331,7 @@ Result run_layer_method(const TensorF& x, const formats::CheckpointTensor& t, co
     q = algorithms::gptq(x.data(), rows, cols, st.h.data(), opt, t.name);
   }
   Result r;
+  r.seconds = method_time.seconds();
   r.ggml = p.target.ggml;
   r.bytes = pack_ggml_blocks(q, r.ggml);
   r.out_bytes = r.bytes.size();
@@ -329,6 +339,9 @@ Result run_layer_method(const TensorF& x, const formats::CheckpointTensor& t, co
   const std::int64_t row_bytes = formats::ggml_row_bytes(r.ggml, cols, t.name);
   for (std::int64_t i = 0; i < rows; ++i) formats::decode_row(r.ggml, r.bytes.data() + i * row_bytes, back.data() + i * cols, cols);
   r.error = analysis::compare(x.data(), back.data(), x.size());  // of what is written
+  r.layer = Result::LayerMethod{.method = a.method, .loss = q.loss, .damping = q.damp_used};
+  if (!a.report_path.empty())  // two n³ GEMMs per tensor: only when a report asks for it
+    r.layer->hessian_rel_err = algorithms::hessian_rel_err(st.h.data(), x.data(), back.data(), rows, cols);
   return r;
 }
 
@@ -360,11 +373,13 @@ Result run_one(const formats::Checkpoint& in, const Planned& p, formats::FileFor
       if (out_format == formats::FileFormat::kSafetensors) r.dtype = cli::plain_type(formats::ggml_traits(r.ggml).name)->dtype;
       const std::int64_t row_bytes = formats::ggml_row_bytes(r.ggml, row, t.name);
       r.bytes.resize(static_cast<std::size_t>(rows * row_bytes));
-      back = TensorF(x.shape());
-      for (std::int64_t i = 0; i < rows; ++i) {
+      const cli::Stopwatch method_time;
+      for (std::int64_t i = 0; i < rows; ++i)
         formats::encode_row(r.ggml, x.data() + i * row, r.bytes.data() + i * row_bytes, row);
+      r.seconds = method_time.seconds();
+      back = TensorF(x.shape());
+      for (std::int64_t i = 0; i < rows; ++i)
         formats::decode_row(r.ggml, r.bytes.data() + i * row_bytes, back.data() + i * row, row);
-      }
       r.out_bytes = r.bytes.size();
       break;
     }
@@ -376,7 +391,9 @@ Result run_one(const formats::Checkpoint& in, const Planned& p, formats::FileFor
       if (p.target.group > 0) how.tiled_axes[static_cast<int>(x.shape().size()) - 1] = p.target.group;
       QuantizeOptions opts;
       opts.name = t.name;
+      const cli::Stopwatch method_time;
       r.qarray = quantize(x, how, opts);
+      r.seconds = method_time.seconds();
       back = dequantize(*r.qarray);
       r.out_bytes = r.qarray->nbytes();
       break;
@@ -432,7 +449,7 @@ void write_output(const formats::Checkpoint& in, const QuantizeArgs& a, const st
 // one site per tensor, plus what only a file run has: paths, method, time, and per tensor its
 // shape, source type, output type and the rule in words.
 nlohmann::json report_json(const QuantizeArgs& a, const std::vector<Planned>& planned, const std::vector<Result>& results,
-                           const std::vector<cli::TensorRule>& rules, double seconds) {
+                           const std::vector<cli::TensorRule>& rules, double total_seconds) {
   rules::QuantizationReport report;
   report.provider = "qforge quantize (" + a.method + ")";
   for (std::size_t i = 0; i < planned.size(); ++i) {
@@ -456,22 +473,32 @@ nlohmann::json report_json(const QuantizeArgs& a, const std::vector<Planned>& pl
     site.bytes_before = p.tensor->nbytes;
     site.bytes_after = r.out_bytes;
     site.note = p.note;
+    if (r.layer) {
+      site.method = r.layer->method;
+      site.loss = r.layer->loss;
+      site.hessian_rel_err = r.layer->hessian_rel_err;
+      site.damping = r.layer->damping;
+    }
     report.sites.push_back(std::move(site));
   }
   for (std::size_t ri = 0; ri < rules.size(); ++ri)
     if (rules[ri].hits == 0) report.unused_rules.push_back(static_cast<int>(ri));
   nlohmann::json j = report.to_json();
+  double method_seconds = 0.0;
   for (std::size_t i = 0; i < planned.size(); ++i) {
     auto& site = j["sites"][i];
     site["shape"] = planned[i].tensor->shape;
     site["source_type"] = planned[i].tensor->type;
     site["type"] = planned[i].target.label();
     site["rule"] = planned[i].rule;
+    site["seconds"] = results[i].seconds;
+    method_seconds += results[i].seconds;
   }
   j["input"] = a.input;
   j["output"] = a.output;
   j["method"] = a.method;
-  j["seconds"] = seconds;
+  j["seconds"] = method_seconds;
+  j["total_seconds"] = total_seconds;
   return j;
 }
 
@@ -496,6 +523,7 @@ void check_paths(const QuantizeArgs& a) {
 }
 
 void run_quantize(QuantizeArgs a) {
+  const cli::Stopwatch total;
   cli::install_interrupt_handler();
   check_paths(a);
   const auto out_format = formats::format_of(a.output);
@@ -541,7 +569,6 @@ void run_quantize(QuantizeArgs a) {
   });
   cli::throw_if_interrupted();
   write_output(in, a, planned, results, out_format);
-  const double seconds = progress.seconds();
 
   fmt::print("{:<{}}  {:<20} {:<10} {:>12} {:>10} {:>9} {:>11}\n", "tensor", width, "shape", "type", "bytes", "rel rmse",
              "sqnr dB", "max |err|");
@@ -558,10 +585,10 @@ void run_quantize(QuantizeArgs a) {
   for (const auto& p : planned)
     if (!p.note.empty()) fmt::print("note: {}: {}\n", p.tensor->name, p.note);
   fmt::print("wrote {}: {} -> {} ({:.2f}x smaller) in {:.2f} s\n", a.output, cli::human_bytes(double(before)),
-             cli::human_bytes(double(after)), after ? double(before) / double(after) : 0.0, seconds);
+             cli::human_bytes(double(after)), after ? double(before) / double(after) : 0.0, total.seconds());
   if (!a.report_path.empty()) {
     formats::AtomicFile f(a.report_path);
-    const std::string text = report_json(a, planned, results, rules, seconds).dump(2) + "\n";
+    const std::string text = report_json(a, planned, results, rules, total.seconds()).dump(2) + "\n";
     f.write(text.data(), text.size());
     f.commit();
   }

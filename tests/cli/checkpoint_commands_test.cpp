@@ -15,6 +15,7 @@
 
 #include "cli/cli_test_util.hpp"
 #include "qforge/algorithms/gptq.hpp"
+#include "qforge/algorithms/hessian_error.hpp"
 #include "qforge/algorithms/jointq.hpp"
 #include "qforge/algorithms/statistics.hpp"
 #include "qforge/analysis/weight_suite.hpp"
@@ -85,6 +86,13 @@ TEST(QuantizeReport, MatchesTheWrittenFile) {
   }
   EXPECT_EQ(j["bytes_after"], after);
   EXPECT_EQ(j["bytes_before"], 2 * (128 * 128 + 128) * 4);
+  // Time: the quantizer's own per tensor (nothing for the biases kept float), their sum, and the run.
+  double sum = 0;
+  for (const auto& t : j["sites"]) sum += t["seconds"].get<double>();
+  EXPECT_EQ(j["sites"][0]["seconds"], 0.0);  // layers.0.bias, kept as it is
+  EXPECT_GT(j["sites"][1]["seconds"].get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(j["seconds"].get<double>(), sum);
+  EXPECT_LE(j["seconds"].get<double>(), j["total_seconds"].get<double>());
 }
 
 TEST(InspectCommand, GgufTypesShapesAndMetadata) {
@@ -455,7 +463,8 @@ TEST(QuantizeCommand, GptqWithStatisticsIntoGguf) {
   const std::string& calib = l.calib;
   const auto& st = l.st;
   const std::string out = dir / "gptq.gguf", rtn = dir / "rtn.gguf";
-  const auto r = run_qforge("quantize " + in + " -o " + out + " --type q4_0 --method gptq --calib " + calib);
+  const std::string report = dir / "r.json";
+  const auto r = run_qforge("quantize " + in + " -o " + out + " --type q4_0 --method gptq --calib " + calib + " --report " + report);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_EQ(run_qforge("quantize " + in + " -o " + rtn + " --type q4_0").exit_code, 0);
   algorithms::GptqOptions opt;
@@ -464,6 +473,18 @@ TEST(QuantizeCommand, GptqWithStatisticsIntoGguf) {
   const TensorF got = formats::GgufFile(out).to_float("proj.weight"), plain = formats::GgufFile(rtn).to_float("proj.weight");
   for (std::int64_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want.weight[static_cast<std::size_t>(i)]) << i;
   EXPECT_LT(l.output_error(got), l.output_error(plain));
+  // The report's layer fields: GPTQ's own loss and damping, and the Hessian-weighted error of
+  // what the file holds, within hessian_error.hpp's bound of the double reference.
+  std::ifstream report_file(report);
+  const auto site = nlohmann::json::parse(report_file)["sites"][1];
+  ASSERT_EQ(site["site"], "proj.weight");
+  EXPECT_EQ(site["method"], "gptq");
+  EXPECT_DOUBLE_EQ(site["loss"].get<double>(), want.loss);
+  EXPECT_DOUBLE_EQ(site["damping"].get<double>(), want.damp_used);
+  const auto ref = algorithms::hessian_rel_err_reference(st.h.data(), l.w.data(), got.data(), rows, cols);
+  EXPECT_GT(ref.value, 0.0);
+  EXPECT_LE(std::abs(site["hessian_rel_err"].get<double>() - ref.value), ref.bound);
+  EXPECT_GT(site["seconds"].get<double>(), 0.0);
 
   const auto no_calib = run_qforge("quantize " + in + " -o " + (dir / "x.gguf") + " --type q4_0 --method gptq");
   EXPECT_EQ(no_calib.exit_code, 1);

@@ -1,5 +1,6 @@
 // `qforge layer` and `qforge stats merge` end to end: JSON fields, output tensors, errors.
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <random>
 #include <vector>
@@ -89,6 +90,39 @@ TEST(LayerCommand, HessianInputMatchesInputsPath) {
   EXPECT_TRUE(b["output_rel_err"].is_number());
   qf::SafetensorsFile fa(dir / "a.safetensors"), fb(dir / "b.safetensors");
   EXPECT_EQ(fa.to_float("qvalue").vec(), fb.to_float("qvalue").vec());
+}
+
+// The command's cost guard: from a Hessian file at n = 1024 (W 4 MB, H 8 MB), reading, the error
+// metric and writing together may cost at most kOverheadRatio times what GPTQ itself takes. A
+// ratio inside one run, so a busy machine slows both sides. The metric is two n³ float32 GEMMs
+// (GPTQ about 1.4 of them at n = 4096, relatively more at 1024); the scalar double metric it
+// replaced took 20-40x GPTQ's time here.
+TEST(LayerCommand, HessianRunCostsAFewTimesTheAlgorithm) {
+  constexpr double kOverheadRatio = 3.0;
+  const unsigned seed = 31;
+  std::printf("[ seed %u ]\n", seed);
+  ScratchDir dir;
+  const std::int64_t n = 1024, tokens = 2 * n;
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> w(static_cast<std::size_t>(n * n)), x(static_cast<std::size_t>(tokens * n));
+  for (auto& v : w) v = 0.02f * nd(gen);
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    float prev = nd(gen);
+    for (std::int64_t j = 0; j < n; ++j) x[static_cast<std::size_t>(t * n + j)] = prev = 0.9f * prev + 0.43f * nd(gen);
+  }
+  write_f32(dir / "w.safetensors", "weight", w, {n, n});
+  qforge::algorithms::LayerStatistics s(n);
+  s.add(x.data(), nullptr, tokens);
+  qforge::algorithms::save_statistics({{"site", s}}, dir / "stats.safetensors");
+  const auto j = run_json("layer --method gptq --weight " + dir / "w.safetensors" + " --hessian " + dir / "stats.safetensors:site.hessian" +
+                          " --qtype int4 --group-size 128 --asym --act-order -o " + dir / "out.safetensors");
+  const double seconds = j["seconds"].get<double>(), total = j["total_seconds"].get<double>();
+  std::printf("[ n %lld ] gptq %.4f s, command %.4f s (%.2fx), output_rel_err %.4g\n", static_cast<long long>(n), seconds,
+              total, total / seconds, j["output_rel_err"].get<double>());
+  EXPECT_GT(seconds, 0.0);
+  EXPECT_LE(seconds, total);
+  EXPECT_LE(total, kOverheadRatio * seconds);
 }
 
 TEST(LayerCommand, BadInputFailsWithOneLineAndNoOutput) {

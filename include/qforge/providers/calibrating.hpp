@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "qforge/algorithms/hessian_error.hpp"
 #include "qforge/providers/ptq.hpp"
 #include "qforge/providers/sites.hpp"
 #include "qforge/rules/algorithm_rules.hpp"
@@ -132,24 +133,6 @@ inline bool rule_quantizes(const rules::AlgorithmRule& r) {
     if constexpr (std::is_same_v<std::decay_t<decltype(g)>, rules::JointqRule>) return g.weight_qtype.has_value();
     else return g.weight_qtype.has_value() || g.grid.has_value();
   }, r);
-}
-
-// ‖X̂(W−Ŵ)ᵀ‖² / ‖X̂Wᵀ‖² = tr(ΔHΔᵀ)/tr(WHWᵀ), one float GEMM of [Δ; W] with H.
-inline double hessian_rel_err(const std::vector<double>& h, const float* w, const float* wq, std::int64_t rows,
-                              std::int64_t cols) {
-  std::vector<float> hf(h.begin(), h.end()), a(static_cast<std::size_t>(2 * rows * cols)),
-      d(static_cast<std::size_t>(2 * rows * cols));
-  for (std::int64_t i = 0; i < rows * cols; ++i) {
-    a[static_cast<std::size_t>(i)] = w[i] - wq[i];
-    a[static_cast<std::size_t>(rows * cols + i)] = w[i];
-  }
-  backend::run(backend::GemmF32Op{2 * rows, cols, cols, a.data(), cols, hf.data(), cols, d.data(), cols});
-  double num = 0, den = 0;
-  for (std::int64_t i = 0; i < rows * cols; ++i) {
-    num += static_cast<double>(a[static_cast<std::size_t>(i)]) * d[static_cast<std::size_t>(i)];
-    den += static_cast<double>(a[static_cast<std::size_t>(rows * cols + i)]) * d[static_cast<std::size_t>(rows * cols + i)];
-  }
-  return den > 0 ? num / den : 0.0;
 }
 
 inline QType int_qtype(int bits) {
@@ -385,7 +368,8 @@ inline CalibratedResult calibrate_and_quantize(nn::Module& model, const std::vec
       r.method = o.method;
       r.loss = l.loss;
       r.damping = l.damp_used;
-      r.hessian_rel_err = detail::hessian_rel_err(result.stats.at(o.site).h, wf.data(), l.weight.data(), l.rows, l.cols);
+      r.hessian_rel_err =
+          algorithms::hessian_rel_err(result.stats.at(o.site).h.data(), wf.data(), l.weight.data(), l.rows, l.cols);
       for (const auto& n : l.notes) r.note += (r.note.empty() ? "" : "; ") + n;
       report.sites.push_back(std::move(r));
     }
