@@ -14,6 +14,7 @@ position f64 log p(next token), then f64 ppl and f64 its standard error.
 Exits 77 (the skip code) when llama-cpp-python or numpy is not installed.
 """
 import argparse
+import os
 import struct
 import sys
 
@@ -75,12 +76,13 @@ def write_perplexity(args) -> int:
     ppl = float(np.exp(nll.mean()))
     var = float((nll * nll).mean() - nll.mean() ** 2)
     stderr = ppl * (var / (len(nll) - 1)) ** 0.5 if var > 0 else 0.0
-    with open(args.out, "wb") as f:
+    with open(args.out + f".{os.getpid()}.tmp", "wb") as f:
         f.write(b"QFPP")
         f.write(struct.pack("<IIIiI", 1, n_ctx, chunks, bos, len(tokens)))
         f.write(np.asarray(tokens, dtype="<i4").tobytes())
         f.write(np.asarray(logprobs, dtype="<f8").tobytes())
         f.write(struct.pack("<dd", ppl, stderr))
+    os.replace(args.out + f".{os.getpid()}.tmp", args.out)  # tests running in parallel never read a partial file
     print(f"llama.cpp PPL = {ppl:.4f} +/- {stderr:.5f} ({len(nll)} tokens, {chunks} chunks of {n_ctx})")
     return 0
 
@@ -101,7 +103,7 @@ def main() -> int:
     llm = llama_cpp.Llama(model_path=args.model, n_ctx=512, n_batch=512, n_ubatch=args.ubatch, logits_all=True, n_threads=args.threads,
                           verbose=False)
     n_vocab = llm.n_vocab()
-    with open(args.out, "wb") as f:
+    with open(args.out + f".{os.getpid()}.tmp", "wb") as f:
         f.write(b"QFLG")
         f.write(struct.pack("<III", 1, len(PROMPTS), n_vocab))
         for text in PROMPTS:
@@ -114,6 +116,7 @@ def main() -> int:
             f.write(struct.pack("<I", len(tokens)))
             f.write(np.asarray(tokens, dtype="<i4").tobytes())
             f.write(logits.astype("<f4").tobytes())
+    os.replace(args.out + f".{os.getpid()}.tmp", args.out)
     return 0
 
 
