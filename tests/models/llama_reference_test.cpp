@@ -201,6 +201,21 @@ TEST(LlamaCppReference, FloatWeightsAgree) {
   EXPECT_LE(a.mean_kl(), 1e-4);
 }
 
+// F16 weights (the Q4_1 file widened to F16): both sides round activations to float16 before
+// the F16 products (ggml converts them; qforge does the same), so the float targets apply.
+TEST(LlamaCppReference, F16WeightsAgree) {
+  QFORGE_REQUIRE_MODEL();
+  const fs::path f16 = work_dir() / (model_path().stem().string() + ".F16.gguf");
+  if (!newer_than_inputs(f16, {model_path()}))
+    formats::write_gguf_widened(formats::GgufFile(model_path().string()), f16.string(), formats::GgmlType::kF16);
+  std::string skip;
+  const fs::path logits = llama_cpp_logits(f16, &skip);
+  if (logits.empty()) GTEST_SKIP() << skip;
+  const auto a = against_qforge(read_reference(logits), f16, "llama.cpp F16 vs qforge F16");
+  EXPECT_GE(a.top1(), 0.99);
+  EXPECT_LE(a.mean_kl(), 1e-4);
+}
+
 // Block weights: both sides encode activations to Q8_1 (Q8_0 for the Q8_0 head) before the
 // block dot products. Rounding to 8 bits is discontinuous, so float-level differences anywhere
 // upstream (a summation order) flip codes and the two runs' quantization noise decorrelates:
