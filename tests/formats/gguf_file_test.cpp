@@ -158,6 +158,32 @@ TEST_F(GgufMalformed, RowLengthNotAMultipleOfTheBlock) {
   expect_error(m, {"blk.0.ffn.weight", "row length 48 is not a multiple of the Q8_0 block size 32"});
 }
 
+TEST(Gguf, WidenedCopyKeepsMetadataAndTheDecodedValues) {
+  TempFile src, dst;
+  write_sample(src.path);
+  const GgufFile in(src.path);
+  write_gguf_widened(in, dst.path, GgmlType::kF32);
+  const GgufFile out(dst.path);
+  EXPECT_EQ(out.find_kv("general.name")->to_display(), "sample");
+  EXPECT_EQ(out.find_kv("tokenizer.tokens")->array.size(), 3u);
+  EXPECT_EQ(std::get<std::uint64_t>(out.find_kv("general.file_type")->scalar), 0u);  // recomputed: all F32
+  EXPECT_EQ(out.find_kv("general.quantization_version"), nullptr);
+  ASSERT_EQ(out.tensors().size(), in.tensors().size());
+  for (const auto& t : in.tensors()) {
+    const auto& w = out.at(t.name);
+    EXPECT_EQ(w.shape, t.shape) << t.name;
+    // Quantized tensors become F32 holding exactly their decoded values; float ones are copied.
+    EXPECT_EQ(w.type, ggml_traits(t.type).quantized ? GgmlType::kF32 : t.type) << t.name;
+    EXPECT_EQ(out.to_float(t.name).vec(), in.to_float(t.name).vec()) << t.name;
+  }
+  try {
+    write_gguf_widened(in, dst.path, GgmlType::kQ8_0);
+    ADD_FAILURE() << "widening to Q8_0 should be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("widening writes F32"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Gguf, DuplicateTensorNamesAreRejected) {
   TempFile f, bad;
   GgufWriter w;

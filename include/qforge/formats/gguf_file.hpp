@@ -414,4 +414,24 @@ class GgufWriter {
   std::vector<Pending> tensors_;
 };
 
+// Writes a copy of `src` to `path` in which every tensor of a quantized type is widened to
+// `type` (F32, F16 or BF16): a float baseline of a quantized model that llama.cpp still loads.
+// Every key is kept except general.file_type (recomputed by the writer) and, when nothing stays
+// quantized, general.quantization_version.
+inline void write_gguf_widened(const GgufFile& src, const std::string& path, GgmlType type) {
+  if (type != GgmlType::kF32 && type != GgmlType::kF16 && type != GgmlType::kBF16)
+    throw_error(Status::kInvalidArgument, "{}: widening writes F32, F16 or BF16, not {}", path, ggml_traits(type).name);
+  GgufWriter out;
+  for (const auto& [key, value] : src.metadata())
+    if (key != "general.file_type" && key != "general.quantization_version") out.set(key, value);
+  for (const auto& t : src.tensors()) {
+    const auto bytes = src.bytes(t);
+    if (ggml_traits(t.type).quantized)
+      out.add_float(t.name, type, src.to_float(t.name));
+    else
+      out.add(t.name, t.type, t.shape, std::vector<std::uint8_t>(bytes.begin(), bytes.end()));
+  }
+  out.write(path);
+}
+
 }  // namespace qforge::formats
