@@ -28,6 +28,9 @@ fi
 if [[ "${CI:-}" == "true" ]]; then cmake_args+=(-DQFORGE_WERROR=ON); fi
 
 jobs=$(nproc)
+# ccache hashes paths relative to the checkout, so another clone on the same machine (CI's) reuses
+# the objects this one compiled.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
 cmake -S . -B "$build_dir" "${cmake_args[@]}"
 cmake --build "$build_dir" -j "$jobs"
 # GPU tests carry the label 'gpu' and are left out here; they run where a device exists.
