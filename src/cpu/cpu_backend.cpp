@@ -488,7 +488,7 @@ class CpuBackend final : public Backend {
     ks.nf4_prepare(o.x, o.K, o.block, x);
     for_chunks(o.N, rows_per_chunk(o.K / 2), [&](std::int64_t n0, std::int64_t n1) {
       for (std::int64_t n = n0; n < n1; ++n)
-        o.y[n] = ks.dot_nf4(o.codes + n * o.K / 2, o.absmax + n * o.K / o.block, o.block, x, o.K, kNf4Values);
+        o.y[n] = ks.dot_nf4(o.codes + n * o.K / 2, o.absmax + n * o.K / o.block, o.block, x, o.K, kNf4Codebook.data());
     });
     return Status::kSuccess;
   }

@@ -2,6 +2,7 @@
 // conversions (round to nearest even, saturate at the largest finite value).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -37,6 +38,34 @@ TEST(Numerics, HalfEvenTiesBothWays) {
   EXPECT_EQ(round_half_even(-1.5), -2.0);
   EXPECT_EQ(round_half_even(-2.5), -2.0);
   EXPECT_EQ(round_half_even(2.4999999), 2.0);
+}
+
+// The standard normal quantile Φ⁻¹(p) by Newton's method on Φ(z) = erfc(−z/√2)/2, in double.
+double normal_quantile(double p) {
+  double z = 0.0;
+  for (int i = 0; i < 100; ++i) {
+    const double step = (0.5 * std::erfc(-z / std::sqrt(2.0)) - p) / (std::exp(-0.5 * z * z) / std::sqrt(2.0 * M_PI));
+    z -= step;
+    if (std::fabs(step) < 1e-15) break;
+  }
+  return z;
+}
+
+// The NF4 table derived independently from its definition (QLoRA; bitsandbytes'
+// create_normal_map(offset = 0.9677083, use_extra_value = True)): 8 positive quantiles of N(0, 1)
+// at 9 points evenly spaced from the offset down to 1/2 (the last dropped), 7 negative ones at 8
+// such points, and 0, scaled so the largest is 1. bitsandbytes forms the probabilities in float32
+// (error ≤ 2⁻²⁴·p, times the quantile's slope 1/φ(z) ≤ 13.8, over z_max = 1.85: ≤ 4.5e-7) and
+// stores float32 values (≤ 6e-8): within 1e-6 of the derivation in double.
+TEST(Numerics, Nf4CodebookIsTheNormalFloatConstruction) {
+  constexpr double kOffset = 0.9677083;
+  std::vector<double> values{0.0};
+  for (int i = 0; i < 8; ++i) values.push_back(normal_quantile(kOffset - i * (kOffset - 0.5) / 8));
+  for (int i = 0; i < 7; ++i) values.push_back(-normal_quantile(kOffset - i * (kOffset - 0.5) / 7));
+  std::sort(values.begin(), values.end());
+  const double top = values.back();
+  for (std::size_t c = 0; c < 16; ++c)
+    EXPECT_NEAR(kNf4Codebook[c], values[c] / top, 1e-6) << "code " << c;
 }
 
 // §5 item 8.

@@ -170,14 +170,7 @@ struct GemmBlocksOp {
 };
 
 // ---- NF4 ---------------------------------------------------------------------------------------
-// The 16 NormalFloat-4 code values (bitsandbytes' table), indexed by the 4-bit code.
-inline constexpr float kNf4Values[16] = {
-    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
-    -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
-    0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
-    0.7229568362236023f, 1.0f};
-
-// NF4 weights x float activations GEMV: w[n, k] = absmax[(n * K + k) / block] * kNf4Values[code]
+// NF4 weights x float activations GEMV: w[n, k] = absmax[(n * K + k) / block] * kNf4Codebook[code]
 // with codes packed bitsandbytes-style (element 2i in the HIGH nibble of byte i, 2i+1 in the low)
 // over the flattened [N, K] matrix; K % block == 0, block even. y[n] = sum_k w[n, k] * x[k].
 struct GemvNf4Op {

@@ -223,7 +223,7 @@ class ReferenceBackend final : public Backend {
   static float nf4_weight(const GemvNf4Op& o, std::int64_t flat) {
     const std::uint8_t byte = o.codes[flat / 2];
     const int code = (flat & 1) ? (byte & 0x0F) : (byte >> 4);
-    return o.absmax[flat / o.block] * kNf4Values[code];
+    return o.absmax[flat / o.block] * kNf4Codebook[code];
   }
   static Status run_op(const GemvNf4Op& o) {
     for (std::int64_t n = 0; n < o.N; ++n) {
