@@ -152,7 +152,8 @@ class LlamaModel {
     std::vector<float> x(static_cast<std::size_t>(T * c.n_embd));
     embed(tokens, x.data());
     Activations a(c, T);
-    for (std::int64_t l = 0; l < c.n_layer; ++l) run_layer(l, x.data(), T, cache, a);
+    const RopeTables rope = rope_tables(cache.size(), T);  // the same positions in every layer
+    for (std::int64_t l = 0; l < c.n_layer; ++l) run_layer(l, x.data(), T, cache, rope, a);
     cache.advance(T);
 
     const std::int64_t first = all_logits ? 0 : T - 1, rows = T - first;
@@ -167,6 +168,13 @@ class LlamaModel {
   struct Layer {
     std::vector<float> attn_norm, ffn_norm, bq, bk, bv;
     WeightView wq, wk, wv, wo, gate, up, down;
+  };
+  // cos and sin of the rotary angles, [position][pair], for the positions of one forward.
+  struct RopeTables {
+    std::int64_t pairs = 0;
+    std::vector<float> cos, sin;
+    const float* cos_at(std::int64_t t) const { return cos.data() + t * pairs; }
+    const float* sin_at(std::int64_t t) const { return sin.data() + t * pairs; }
   };
   // Per-forward buffers, one row per position.
   struct Activations {
@@ -262,21 +270,26 @@ class LlamaModel {
   }
 
   // ggml_rope_ext with ext_factor 0 and attn_factor 1: theta_i = pos * freq_scale * base^(-2i/dims)
-  // / factor_i, the powers built by repeated multiplication as ggml builds its cache.
-  void rope_tables(std::int64_t pos, std::vector<float>& cos_t, std::vector<float>& sin_t) const {
-    const std::int64_t pairs = config_.rope.dims / 2;
-    cos_t.resize(pairs);
-    sin_t.resize(pairs);
-    float theta = static_cast<float>(pos);
-    for (std::int64_t i = 0; i < pairs; ++i) {
-      const float factor = rope_freq_factors_.empty() ? 1.0f : rope_freq_factors_[static_cast<std::size_t>(i)];
-      const float angle = config_.rope.freq_scale * (theta / factor);
-      cos_t[i] = std::cos(angle);
-      sin_t[i] = std::sin(angle);
-      theta *= rope_theta_scale_;
+  // / factor_i, the powers built by repeated multiplication as ggml builds its cache; for
+  // positions start .. start + T - 1.
+  RopeTables rope_tables(std::int64_t start, std::int64_t T) const {
+    RopeTables r;
+    r.pairs = config_.rope.dims / 2;
+    r.cos.resize(static_cast<std::size_t>(T * r.pairs));
+    r.sin.resize(r.cos.size());
+    for (std::int64_t t = 0; t < T; ++t) {
+      float theta = static_cast<float>(start + t);
+      for (std::int64_t i = 0; i < r.pairs; ++i) {
+        const float factor = rope_freq_factors_.empty() ? 1.0f : rope_freq_factors_[static_cast<std::size_t>(i)];
+        const float angle = config_.rope.freq_scale * (theta / factor);
+        r.cos[static_cast<std::size_t>(t * r.pairs + i)] = std::cos(angle);
+        r.sin[static_cast<std::size_t>(t * r.pairs + i)] = std::sin(angle);
+        theta *= rope_theta_scale_;
+      }
     }
+    return r;
   }
-  void rope_rows(float* x, std::int64_t heads, const std::vector<float>& cos_t, const std::vector<float>& sin_t) const {
+  void rope_rows(float* x, std::int64_t heads, const float* cos_t, const float* sin_t) const {
     const std::int64_t hd = config_.head_dim, pairs = config_.rope.dims / 2;
     const bool adjacent = config_.rope.pairing == RopePairing::kAdjacent;
     for (std::int64_t h = 0; h < heads; ++h) {
@@ -358,7 +371,8 @@ class LlamaModel {
     });
   }
 
-  void run_layer(std::int64_t l, float* x, std::int64_t T, LlamaKvCache& cache, Activations& a) const {
+  void run_layer(std::int64_t l, float* x, std::int64_t T, LlamaKvCache& cache, const RopeTables& rope,
+                 Activations& a) const {
     const auto& c = config_;
     const Layer& L = layers_[static_cast<std::size_t>(l)];
     const std::int64_t start = cache.size();
@@ -371,11 +385,9 @@ class LlamaModel {
       add_bias(a.k.data(), T, L.bk);
       add_bias(a.v.data(), T, L.bv);
     }
-    std::vector<float> cos_t, sin_t;
     for (std::int64_t t = 0; t < T; ++t) {
-      rope_tables(start + t, cos_t, sin_t);
-      rope_rows(a.q.data() + t * c.q_rows(), c.n_head, cos_t, sin_t);
-      rope_rows(a.k.data() + t * c.kv_rows(), c.n_head_kv, cos_t, sin_t);
+      rope_rows(a.q.data() + t * c.q_rows(), c.n_head, rope.cos_at(t), rope.sin_at(t));
+      rope_rows(a.k.data() + t * c.kv_rows(), c.n_head_kv, rope.cos_at(t), rope.sin_at(t));
       std::copy_n(a.k.data() + t * c.kv_rows(), c.kv_rows(), cache.k(l, start + t));
       std::copy_n(a.v.data() + t * c.kv_rows(), c.kv_rows(), cache.v(l, start + t));
       if (cache.precision() == KvPrecision::kF16) {
