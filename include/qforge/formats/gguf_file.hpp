@@ -244,6 +244,13 @@ class GgufFile {
       const std::int64_t row = ne.empty() ? 1 : ne[0];
       if (row % traits->block_elems != 0)
         fail_tensor(t.name, fmt::format("row length {} is not a multiple of the {} block size {}", row, traits->name, traits->block_elems));
+      // The product of the non-zero dimensions must fit int64, so that an element count taken in
+      // any order (a zero dimension may come last) cannot overflow.
+      std::uint64_t nonzero = 1;
+      for (auto d : ne)
+        if (d != 0 && (__builtin_mul_overflow(nonzero, static_cast<std::uint64_t>(d), &nonzero) ||
+                       nonzero > static_cast<std::uint64_t>(INT64_MAX)))
+          fail_tensor(t.name, "shape is impossibly large");
       std::uint64_t blocks = 1;
       for (auto d : ne)
         if (__builtin_mul_overflow(blocks, static_cast<std::uint64_t>(d), &blocks)) fail_tensor(t.name, "shape is impossibly large");
